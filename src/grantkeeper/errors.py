@@ -1,0 +1,301 @@
+"""The one error tree of grantkeeper.
+
+Every error carries a stable, machine-readable ``code`` (snake_case) and an
+HTTP ``status`` hint; ``api/errors.py`` is the only place that turns them into
+``application/problem+json``. Details never contain a secret.
+
+Our exception hierarchy::
+
+    GrantkeeperError
+    + ConfigError                       config_error
+    + VaultError
+    | - VaultSealed                     vault_sealed
+    | - DecryptionFailed                decryption_failed   (the single opaque failure)
+    |   - UnknownKeyId                  unknown_key_id
+    + CatalogError                      catalog_error
+    | - UnknownProvider                 unknown_provider
+    | - InvalidProviderSettings         invalid_provider_settings
+    + AuthError
+    | - Unauthenticated                 unauthenticated
+    | - Forbidden                       forbidden
+    + NotFound                          not_found
+    + Conflict                          conflict
+    | - IntegrationInUse                integration_in_use
+    | - GrantInvalid                    grant_invalid
+    | - GrantRevoked                    grant_revoked
+    | - AlreadyExists                   already_exists
+    + InvalidInput                      invalid_input
+    | - ReturnToNotAllowed              return_to_not_allowed
+    | - UnsafeUrl                       unsafe_url
+    + TokenExportDisabled               token_export_disabled
+    + TokensAlreadyRetrieved            tokens_already_retrieved
+    + ConnectError                      (the OAuth callback; rendered as HTML)
+    | - InvalidState                    invalid_state
+    | - IssuerMismatch                  issuer_mismatch
+    | - InvalidIdToken                  invalid_id_token
+    | - CodeExchangeFailed              code_exchange_failed
+    + ProviderError
+    | - ProviderUnavailable             provider_unavailable  (transient: 5xx, 429, timeout)
+    | - RefreshTokenRejected            refresh_token_rejected (invalid_grant on import)
+    | - ProviderRejected                provider_rejected
+    + RefreshBusy                       refresh_busy (lock/lease wait timed out: transient)
+    + RateLimited                       rate_limited
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "AuthError",
+    "CatalogError",
+    "CodeExchangeFailed",
+    "ConfigError",
+    "Conflict",
+    "ConnectError",
+    "DecryptionFailed",
+    "Forbidden",
+    "GrantInvalid",
+    "GrantRevoked",
+    "GrantkeeperError",
+    "IntegrationInUse",
+    "InvalidIdToken",
+    "InvalidInput",
+    "InvalidProviderSettings",
+    "InvalidState",
+    "IssuerMismatch",
+    "NotFound",
+    "ProviderError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "RateLimited",
+    "RefreshBusy",
+    "RefreshTokenRejected",
+    "ReturnToNotAllowed",
+    "TokenExportDisabled",
+    "TokensAlreadyRetrieved",
+    "Unauthenticated",
+    "UnknownKeyId",
+    "UnknownProvider",
+    "UnsafeUrl",
+    "VaultError",
+    "VaultSealed",
+]
+
+
+class GrantkeeperError(Exception):
+    """Base of every error grantkeeper raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or self.title
+        #: extra problem members (must never hold a secret)
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class ConfigError(GrantkeeperError):
+    code = "config_error"
+    title = "Invalid configuration"
+
+
+class VaultError(GrantkeeperError):
+    code = "vault_error"
+    status = 503
+    title = "Vault error"
+
+
+class VaultSealed(VaultError):
+    code = "vault_sealed"
+    title = "No key-encryption key is loaded"
+
+
+class DecryptionFailed(VaultError):
+    """A ciphertext did not open: tampered, moved, truncated or wrong key.
+
+    Deliberately opaque (like Fernet's ``InvalidToken``): the reason is not
+    told, so it gives an attacker nothing to probe.
+    """
+
+    code = "decryption_failed"
+    status = 500
+    title = "Stored secret could not be decrypted"
+
+
+class UnknownKeyId(DecryptionFailed):
+    code = "unknown_key_id"
+    title = "Stored secret is sealed with a key that is not loaded"
+
+
+class CatalogError(GrantkeeperError):
+    code = "catalog_error"
+    title = "Provider catalog error"
+
+
+class UnknownProvider(CatalogError):
+    code = "unknown_provider"
+    status = 404
+    title = "Unknown provider"
+
+
+class InvalidProviderSettings(CatalogError):
+    code = "invalid_provider_settings"
+    status = 422
+    title = "Invalid provider settings"
+
+
+class AuthError(GrantkeeperError):
+    status = 401
+
+
+class Unauthenticated(AuthError):
+    code = "unauthenticated"
+    status = 401
+    title = "Missing or invalid API key"
+
+
+class Forbidden(AuthError):
+    code = "forbidden"
+    status = 403
+    title = "The API key lacks the required scope"
+
+
+class NotFound(GrantkeeperError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(GrantkeeperError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+    title = "Already exists"
+
+
+class IntegrationInUse(Conflict):
+    code = "integration_in_use"
+    title = "The integration still has grants"
+
+
+class GrantInvalid(Conflict):
+    code = "grant_invalid"
+    title = "The grant is no longer valid; the user must reconnect"
+
+
+class GrantRevoked(Conflict):
+    code = "grant_revoked"
+    title = "The grant was revoked"
+
+
+class InvalidInput(GrantkeeperError):
+    code = "invalid_input"
+    status = 422
+    title = "Invalid input"
+
+
+class ReturnToNotAllowed(InvalidInput):
+    code = "return_to_not_allowed"
+    title = "return_to is not in the integration's return_urls"
+
+
+class UnsafeUrl(InvalidInput):
+    code = "unsafe_url"
+    title = "URL not allowed"
+
+
+class TokenExportDisabled(GrantkeeperError):
+    code = "token_export_disabled"
+    status = 403
+    title = "Token export is disabled for this integration"
+
+
+class TokensAlreadyRetrieved(GrantkeeperError):
+    code = "tokens_already_retrieved"
+    status = 410
+    title = "The tokens were already retrieved or have expired"
+
+
+class ConnectError(GrantkeeperError):
+    """Failures of the browser-facing OAuth callback (rendered as an HTML page)."""
+
+    code = "connect_error"
+    status = 400
+    title = "The authorization could not be completed"
+
+
+class InvalidState(ConnectError):
+    code = "invalid_state"
+    title = "Unknown, expired or already used authorization request"
+
+
+class IssuerMismatch(ConnectError):
+    code = "issuer_mismatch"
+    title = "The authorization response came from an unexpected issuer"
+
+
+class InvalidIdToken(ConnectError):
+    code = "invalid_id_token"
+    title = "The provider's ID token failed validation"
+
+
+class CodeExchangeFailed(ConnectError):
+    code = "code_exchange_failed"
+    title = "The provider refused the authorization code"
+
+
+class ProviderError(GrantkeeperError):
+    code = "provider_error"
+    status = 502
+    title = "Provider error"
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient: 5xx, 429, timeouts and network errors."""
+
+    code = "provider_unavailable"
+    status = 503
+    title = "The provider is unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = max(1, int(retry_after))
+
+
+class RefreshTokenRejected(ProviderError):
+    code = "refresh_token_rejected"
+    status = 422
+    title = "The provider rejected the refresh token"
+
+
+class ProviderRejected(ProviderError):
+    code = "provider_rejected"
+    status = 502
+    title = "The provider rejected the request"
+
+
+class RefreshBusy(GrantkeeperError):
+    """Waiting for another process's refresh timed out. Transient, never a credential failure."""
+
+    code = "refresh_busy"
+    status = 503
+    title = "A refresh of this grant is in progress; retry shortly"
+    retry_after = 1
+
+
+class RateLimited(GrantkeeperError):
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = max(1, int(retry_after))
