@@ -1,0 +1,156 @@
+"""Settings from ``GRANTKEEPER_*`` environment variables.
+
+Nothing is created at import time: ``Settings()`` is built by the CLI or by
+``create_app`` and passed down. Unsafe combinations fail closed with a one-line
+message (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from grantkeeper.errors import ConfigError
+
+__all__ = ["Settings", "parse_master_keys"]
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
+    """Parse ``id:base64(32 bytes)[,id:base64...]``; the first one encrypts.
+
+    Error messages name the key id, never the key material.
+    """
+    keys: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for n, item in enumerate(p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        kid, sep, b64 = item.partition(":")
+        if not sep or not _KEY_ID.fullmatch(kid):
+            raise ConfigError(
+                f"GRANTKEEPER_MASTER_KEYS entry {n + 1} must look like 'id:base64(32 bytes)' "
+                "with an id of letters, digits, '_', '-', '.'"
+            )
+        try:
+            material = base64.b64decode(b64.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"GRANTKEEPER_MASTER_KEYS key '{kid}' is not valid base64") from None
+        if len(material) != 32:
+            raise ConfigError(
+                f"GRANTKEEPER_MASTER_KEYS key '{kid}' must decode to 32 bytes, got {len(material)}"
+            )
+        if kid in seen:
+            raise ConfigError(f"GRANTKEEPER_MASTER_KEYS lists key '{kid}' twice")
+        seen.add(kid)
+        keys.append((kid, material))
+    if not keys:
+        raise ConfigError("GRANTKEEPER_MASTER_KEYS is set but holds no key")
+    return keys
+
+
+class Settings(BaseSettings):
+    """All of grantkeeper's configuration. See README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="GRANTKEEPER_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./grantkeeper.db"
+    public_url: str = "http://127.0.0.1:8080"
+    master_keys: SecretStr | None = None
+    #: where the development key file lives when master_keys is unset (SQLite only);
+    #: default: beside the SQLite database, ``<db>.keys``
+    key_file: Path | None = None
+    allow_private_networks: bool = False
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    db_pool_size: int = Field(default=4, ge=1, le=100)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    #: outgoing calls to providers (token, revocation, discovery)
+    http_timeout: float = Field(default=10.0, gt=0)
+    connect_session_ttl: int = Field(default=600, ge=60, le=3600)
+    token_export_ttl: int = Field(default=600, ge=10, le=3600)
+
+    #: refresh ahead of expiry by this margin (capped at half the token's lifetime)
+    refresh_margin: float = Field(default=300.0, ge=0)
+    refresh_jitter: float = Field(default=30.0, ge=0)
+    #: per-grant budget: no more than one refresh per this many seconds unless forced
+    refresh_min_interval: float = Field(default=5.0, ge=0)
+    #: the cross-process refresh lease; must exceed http_timeout
+    refresh_lease_seconds: float = Field(default=30.0, gt=0)
+    #: how long a caller waits for another process's refresh before a 503
+    refresh_wait_timeout: float = Field(default=20.0, gt=0)
+    #: keep-alive refresh for providers whose refresh tokens die when idle, at this fraction
+    idle_refresh_fraction: float = Field(default=0.5, gt=0, lt=1)
+
+    worker_interval: float = Field(default=1.0, gt=0)
+    worker_batch: int = Field(default=100, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=32, ge=1, le=1000)
+    worker_provider_concurrency: int = Field(default=8, ge=1, le=1000)
+
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    webhook_tolerance: int = Field(default=300, ge=1)
+
+    proxy_timeout: float = Field(default=30.0, gt=0)
+    proxy_max_response_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+
+    #: per API key, requests per second (token, proxy, connect session endpoints); 0 disables
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Settings:
+        if self.master_keys is not None:
+            parse_master_keys(self.master_keys.get_secret_value())
+        elif not self.is_sqlite:
+            raise ConfigError(
+                "GRANTKEEPER_MASTER_KEYS is required with PostgreSQL "
+                "(generate one with: grantkeeper keys generate)"
+            )
+        if self.refresh_lease_seconds <= self.http_timeout:
+            raise ConfigError(
+                "GRANTKEEPER_REFRESH_LEASE_SECONDS must exceed GRANTKEEPER_HTTP_TIMEOUT"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.public_url}/oauth/callback"
+
+    def sqlite_path(self) -> Path | None:
+        """The database file of a SQLite URL (None for memory databases and Postgres)."""
+        if not self.is_sqlite:
+            return None
+        _, _, path = self.database_url.partition(":///")
+        if not path or path == ":memory:":
+            return None
+        return Path(path)
+
+    def resolved_key_file(self) -> Path | None:
+        if self.key_file is not None:
+            return self.key_file
+        db = self.sqlite_path()
+        return db.with_name(db.name + ".keys") if db is not None else None

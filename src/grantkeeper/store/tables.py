@@ -1,0 +1,240 @@
+"""Database tables (SQLAlchemy Core). Wire models live in ``api/schemas.py``.
+
+Timestamps are epoch seconds (double precision): the same on SQLite and
+PostgreSQL, cheap to compare on the hot path. Secret columns (``*_ct``) hold
+``vault`` ciphertexts only.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "api_keys",
+    "audit_events",
+    "connect_sessions",
+    "environments",
+    "grants",
+    "integrations",
+    "metadata",
+    "rate_limits",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "webhook_events",
+]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(36)
+# BIGINT autoincrement on Postgres, INTEGER PRIMARY KEY (rowid) on SQLite
+SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+environments = Table(
+    "environments",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    # SHA-256 of the key's secret part; the key itself is never stored
+    Column("secret_hash", LargeBinary(32), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("integration_ids", JSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    Column("last_used_at", Double, nullable=True),
+)
+
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("id", String(63), nullable=False),
+    Column("provider", String(63), nullable=False),
+    Column("display_name", String(200), nullable=True),
+    Column("client_id", String(1000), nullable=False),
+    Column("client_secret_ct", LargeBinary, nullable=True),
+    Column("scopes", JSON, nullable=False),
+    Column("return_urls", JSON, nullable=False),
+    Column("authorization_params", JSON, nullable=False),
+    Column("issuer", String(1000), nullable=True),
+    Column("endpoints", JSON, nullable=True),
+    Column("settings", JSON, nullable=False),
+    Column("api_base_url", String(1000), nullable=True),
+    Column("token_export", String(10), nullable=False),
+    Column("connect_page", Boolean, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    PrimaryKeyConstraint("environment_id", "id"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("integration_id", String(63), nullable=False),
+    Column("provider", String(63), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    # '' when the provider names no account, so the uniqueness below also holds then
+    Column("provider_account_id", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("token_type", String(40), nullable=False),
+    Column("access_token_ct", LargeBinary, nullable=True),
+    Column("refresh_token_ct", LargeBinary, nullable=True),
+    Column("id_token_ct", LargeBinary, nullable=True),
+    Column("access_token_expires_at", Double, nullable=True),
+    # generation of the stored tokens: bumped by every token write (fencing), part of the AAD
+    Column("version", Integer, nullable=False),
+    Column("last_refreshed_at", Double, nullable=True),
+    Column("refresh_due_at", Double, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Double, nullable=True),
+    Column("refresh_attempts", Integer, nullable=False),
+    Column("retry_at", Double, nullable=True),
+    Column("failure_code", String(64), nullable=True),
+    Column("failure_description", String(500), nullable=True),
+    Column("failed_at", Double, nullable=True),
+    # non-secret extras of the token response the provider's API needs (e.g. instance_url)
+    Column("token_extra", JSON, nullable=False),
+    Column("api_base_url", String(1000), nullable=True),
+    Column("created_via", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    UniqueConstraint("environment_id", "integration_id", "user_id", "provider_account_id"),
+    Index("ix_grants_due", "status", "refresh_due_at"),
+    Index("ix_grants_env_created", "environment_id", "created_at"),
+    Index("ix_grants_env_integration", "environment_id", "integration_id"),
+)
+
+connect_sessions = Table(
+    "connect_sessions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("integration_id", String(63), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("return_to", Text, nullable=False),
+    Column("scopes", JSON, nullable=True),
+    # pending -> authorizing -> exchanging -> completed | failed
+    Column("status", String(16), nullable=False),
+    Column("url_token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("state_hash", LargeBinary(32), nullable=True, unique=True),
+    Column("verifier_ct", LargeBinary, nullable=True),
+    Column("nonce_hash", LargeBinary(32), nullable=True),
+    Column("expected_issuer", String(1000), nullable=True),
+    Column("consent", Boolean, nullable=False),
+    Column("reconnect_grant_id", ID, nullable=True),
+    Column("grant_id", ID, nullable=True),
+    Column("error", String(64), nullable=True),
+    Column("error_description", String(500), nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("completed_at", Double, nullable=True),
+    Column("export_ct", LargeBinary, nullable=True),
+    Column("export_expires_at", Double, nullable=True),
+    # none | available | retrieved | expired
+    Column("export_status", String(12), nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("environment_id", ID, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("grant_id", ID, nullable=True),
+    Column("integration_id", String(63), nullable=True),
+    Column("detail", JSON, nullable=False),
+    # hash chain (tamper evidence), filled in order by the sealer
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+    Index("ix_audit_env_grant", "environment_id", "grant_id", "id"),
+    Index("ix_audit_env_id", "environment_id", "id"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("secret_ct", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("deleted_at", Double, nullable=True),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("environment_id", ID, nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("grant_id", ID, nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), ForeignKey("webhook_events.id"), nullable=False),
+    Column("endpoint_id", ID, ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("environment_id", ID, nullable=False),
+    # pending | succeeded | failed
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Double, nullable=True),
+    Column("lease_until", Double, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(300), nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("delivered_at", Double, nullable=True),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("bucket", String(120), primary_key=True),
+    Column("tokens", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
