@@ -1,0 +1,539 @@
+"""The provider catalog: one TOML file per provider under ``specs/``, validated by pydantic.
+
+Every entry is data. What data cannot express lives in :mod:`grantkeeper.providers.quirks`
+as a named hook, referenced from the entry by name (``hooks = {point = "name"}``).
+
+Templated URLs carry ``{setting}`` placeholders (``{tenant}``, ``{subdomain}``, ``{shop}`` ...)
+that :meth:`ProviderSpec.resolve` fills from integration settings. Each setting has a regular
+expression its value must fully match, and every value must in addition be made only of
+``[A-Za-z0-9._-]``, so a value can never add a path, query, user-info or port to a URL.
+
+Loading is lazy: nothing is read at import time; :func:`load_catalog` reads and caches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from grantkeeper.errors import CatalogError, InvalidProviderSettings, UnknownProvider
+
+__all__ = [
+    "CATEGORIES",
+    "AccountIdSpec",
+    "AuthMode",
+    "Catalog",
+    "ProviderSpec",
+    "Quirk",
+    "RefreshSpec",
+    "ResolvedEndpoints",
+    "Setting",
+    "Source",
+    "StampSpec",
+    "TokenAuthMethod",
+    "load_catalog",
+    "load_catalog_from",
+]
+
+AuthMode = Literal["oauth2", "oidc", "api_key", "basic", "oauth1", "client_credentials"]
+TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
+
+#: The fixed category vocabulary. Every entry's ``categories`` must come from here.
+CATEGORIES: frozenset[str] = frozenset(
+    {
+        "accounting",
+        "advertising",
+        "analytics",
+        "calendar",
+        "chat",
+        "cloud",
+        "crm",
+        "design",
+        "dev-tools",
+        "documents",
+        "e-commerce",
+        "education",
+        "email",
+        "esignature",
+        "finance",
+        "forms",
+        "gaming",
+        "health",
+        "hr",
+        "identity",
+        "iot",
+        "marketing",
+        "media",
+        "other",
+        "payments",
+        "productivity",
+        "project-management",
+        "scheduling",
+        "social",
+        "storage",
+        "support",
+        "video",
+    }
+)
+
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+SLUG_PATTERN = r"[a-z0-9][a-z0-9-]*"
+SETTING_NAME_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+#: Characters every setting value is limited to, whatever its own pattern says.
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SAMPLE_VALUE = "sample"
+
+#: Spec fields that hold URLs and may contain ``{setting}`` placeholders.
+TEMPLATED_FIELDS: tuple[str, ...] = (
+    "issuer",
+    "authorization_url",
+    "token_url",
+    "revocation_url",
+    "userinfo_url",
+    "jwks_uri",
+    "api_base_url",
+)
+
+
+def plausible_host(host: str | None) -> bool:
+    """A public DNS name: at least two labels, an alphabetic TLD, no IP literal, no localhost."""
+    if not host:
+        return False
+    host = host.lower()
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return False
+    labels = host.split(".")
+    if len(labels) < 2 or host == "localhost" or host.endswith(".localhost"):
+        return False
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    tld = labels[-1]
+    return tld.isalpha() and len(tld) >= 2 and tld not in {"local", "internal", "test"}
+
+
+def _check_https(url: str, *, fragment: bool = False) -> str:
+    """Raise ``ValueError`` unless ``url`` is an absolute https URL with a public-looking host."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise ValueError(f"{url!r} is not an https URL")
+    if "@" in parts.netloc or parts.port is not None:
+        raise ValueError(f"{url!r} must not carry user info or a port")
+    if not plausible_host(parts.hostname):
+        raise ValueError(f"{url!r} has no plausible public host")
+    if parts.fragment and not fragment:
+        raise ValueError(f"{url!r} must not have a fragment")
+    return url
+
+
+def _https_url(value: str) -> str:
+    if _PLACEHOLDER.search(value):
+        raise ValueError(f"{value!r}: placeholders are not allowed here")
+    return _check_https(value, fragment=True)
+
+
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+Slug = Annotated[str, Field(pattern=rf"^{SLUG_PATTERN}$", max_length=80)]
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``{name}`` placeholders of a URL template, in order."""
+    return _PLACEHOLDER.findall(template)
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """Substitute ``{name}`` placeholders (no format-spec mini-language, no attribute access)."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Source(_Model):
+    """A documentation link for a fact."""
+
+    url: HttpsUrl
+
+
+class Quirk(_Model):
+    """A known deviation of the provider from the plain RFC flow, with its documentation."""
+
+    id: Slug
+    description: str = Field(min_length=1)
+    source: HttpsUrl
+    hook: str | None = None
+
+
+class Setting(_Model):
+    """A template variable an integration must (no default) or may supply."""
+
+    name: str = Field(pattern=rf"^{SETTING_NAME_PATTERN}$")
+    description: str = Field(min_length=1)
+    pattern: str
+    default: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _default_matches(self) -> Setting:
+        if self.default is not None and not self.accepts(self.default):
+            raise ValueError(f"default {self.default!r} does not match pattern {self.pattern!r}")
+        return self
+
+    def accepts(self, value: str) -> bool:
+        """True when ``value`` fully matches the pattern and is URL-safe."""
+        return bool(re.fullmatch(self.pattern, value)) and bool(_SAFE_VALUE.fullmatch(value))
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+class RefreshSpec(_Model):
+    """How the provider's refresh tokens behave.
+
+    ``access_tokens_expire=False`` means: when the token response carries no ``expires_in``
+    (and ``default_access_token_lifetime`` is None), treat the access token as non-expiring.
+    """
+
+    supported: bool = True
+    rotation: Literal["never", "always", "optional"] = "never"
+    refresh_token_lifetime: int | None = Field(default=None, gt=0)
+    idle_expiry: int | None = Field(default=None, gt=0)
+    default_access_token_lifetime: int | None = Field(default=None, gt=0)
+    access_tokens_expire: bool = True
+
+
+class AccountIdSpec(_Model):
+    """Where the provider's account id comes from (a dotted path into that document)."""
+
+    source: Literal["id_token", "token_response", "userinfo", "none"] = "id_token"
+    field: str = Field(default="sub", pattern=r"^[A-Za-z0-9_@$-]+(\.[A-Za-z0-9_@$-]+)*$")
+
+
+class StampSpec(_Model):
+    """How the proxy puts the access token on API calls."""
+
+    location: Literal["header", "query"] = "header"
+    name: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9_-]+$")
+    format: str = "Bearer {access_token}"
+
+    @field_validator("format")
+    @classmethod
+    def _has_token(cls, value: str) -> str:
+        if placeholders(value) != ["access_token"]:
+            raise ValueError("format must contain exactly one {access_token} placeholder")
+        return value
+
+    def render(self, access_token: str) -> str:
+        return self.format.replace("{access_token}", access_token)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedEndpoints:
+    """A provider's URLs with every ``{setting}`` placeholder filled."""
+
+    authorization_url: str | None
+    token_url: str | None
+    revocation_url: str | None
+    userinfo_url: str | None
+    jwks_uri: str | None
+    issuer: str | None
+    api_base_url: str | None
+
+
+class ProviderSpec(_Model):
+    """One catalog entry. See ``docs/providers.md`` for the catalog and ``CONTRACT.md``."""
+
+    name: str = Field(pattern=rf"^{NAME_PATTERN}$")
+    display_name: str = Field(min_length=1)
+    auth_mode: AuthMode = "oauth2"
+    categories: tuple[str, ...] = Field(min_length=1)
+    docs_url: HttpsUrl
+    issuer: str | None = None
+    discovery: bool = False
+    authorization_url: str | None = None
+    token_url: str | None = None
+    revocation_url: str | None = None
+    userinfo_url: str | None = None
+    jwks_uri: str | None = None
+    token_endpoint_auth_method: TokenAuthMethod = "client_secret_basic"
+    pkce: bool = True
+    default_scopes: tuple[str, ...] = ()
+    scope_separator: str = " "
+    offline_scope: str | None = None
+    authorization_params: dict[str, str] = Field(default_factory=dict)
+    consent_params: dict[str, str] = Field(default_factory=dict)
+    token_params: dict[str, str] = Field(default_factory=dict)
+    refresh: RefreshSpec = RefreshSpec()
+    account_id: AccountIdSpec = AccountIdSpec()
+    api_base_url: str | None = None
+    stamp: StampSpec = StampSpec()
+    settings: tuple[Setting, ...] = ()
+    hooks: dict[str, str] = Field(default_factory=dict)
+    quirks: tuple[Quirk, ...] = ()
+    sources: tuple[HttpsUrl, ...] = ()
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; allowed: {sorted(CATEGORIES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("duplicate categories")
+        return value
+
+    @field_validator("scope_separator")
+    @classmethod
+    def _separator(cls, value: str) -> str:
+        if value not in {" ", ",", "+"}:
+            raise ValueError("scope_separator must be ' ', ',' or '+'")
+        return value
+
+    @field_validator("default_scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for scope in value:
+            if not scope or any(ch.isspace() for ch in scope):
+                raise ValueError(f"invalid scope {scope!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderSpec:
+        setting_names = [s.name for s in self.settings]
+        if len(set(setting_names)) != len(setting_names):
+            raise ValueError("duplicate setting names")
+        declared = set(setting_names)
+        samples = {s.name: s.default or _SAMPLE_VALUE for s in self.settings}
+        for field_name in TEMPLATED_FIELDS:
+            template = getattr(self, field_name)
+            if template is None:
+                continue
+            used = placeholders(template)
+            missing = [p for p in used if p not in declared]
+            if missing:
+                raise ValueError(f"{field_name}: placeholders {missing} are not declared settings")
+            try:
+                _check_https(fill(template, samples))
+            except ValueError as exc:
+                raise ValueError(f"{field_name}: {exc}") from None
+        if self.offline_scope is not None and (
+            not self.offline_scope or any(ch.isspace() for ch in self.offline_scope)
+        ):
+            raise ValueError("offline_scope must be a single scope")
+        if self.auth_mode in {"oauth2", "oidc"} and self.name not in {"oauth2", "oidc"}:
+            if self.authorization_url is None or self.token_url is None:
+                if not (self.discovery and self.issuer):
+                    raise ValueError("authorization_url and token_url are required")
+        if self.discovery and self.auth_mode != "oidc":
+            raise ValueError("discovery requires auth_mode 'oidc'")
+        quirk_ids = [q.id for q in self.quirks]
+        if len(set(quirk_ids)) != len(quirk_ids):
+            raise ValueError("duplicate quirk ids")
+        self._check_hooks()
+        return self
+
+    def _check_hooks(self) -> None:
+        from grantkeeper.providers import quirks  # local: quirks imports nothing from here
+
+        for point, hook_name in self.hooks.items():
+            if point not in quirks.HOOK_POINTS:
+                raise ValueError(f"hooks: unknown hook point {point!r}")
+            if not quirks.is_registered(point, hook_name):
+                raise ValueError(f"hooks.{point}: no hook named {hook_name!r} is registered")
+        wired = set(self.hooks.values())
+        for quirk in self.quirks:
+            if quirk.hook is not None and quirk.hook not in wired:
+                raise ValueError(
+                    f"quirk {quirk.id!r} names hook {quirk.hook!r}, which is not in hooks"
+                )
+
+    # -- behaviour ---------------------------------------------------------------------------
+
+    def setting(self, name: str) -> Setting | None:
+        return next((s for s in self.settings if s.name == name), None)
+
+    def resolve_settings(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """Validate ``settings`` against the declared ones and fill defaults.
+
+        Unknown keys are ignored (an integration may carry settings for other purposes).
+        """
+        values: dict[str, str] = {}
+        for spec in self.settings:
+            value = settings.get(spec.name, spec.default)
+            if value is None:
+                raise InvalidProviderSettings(
+                    f"provider {self.name!r}: setting {spec.name!r} is required "
+                    f"({spec.description})",
+                    setting=spec.name,
+                )
+            if not isinstance(value, str) or not spec.accepts(value):
+                raise InvalidProviderSettings(
+                    f"provider {self.name!r}: setting {spec.name!r} does not match "
+                    f"{spec.pattern!r}",
+                    setting=spec.name,
+                )
+            values[spec.name] = value
+        return values
+
+    def resolve(self, settings: Mapping[str, str] | None = None) -> ResolvedEndpoints:
+        """Fill every templated URL from ``settings`` (validated; defaults applied)."""
+        values = self.resolve_settings(settings or {})
+
+        def one(template: str | None) -> str | None:
+            return None if template is None else fill(template, values)
+
+        return ResolvedEndpoints(
+            authorization_url=one(self.authorization_url),
+            token_url=one(self.token_url),
+            revocation_url=one(self.revocation_url),
+            userinfo_url=one(self.userinfo_url),
+            jwks_uri=one(self.jwks_uri),
+            issuer=one(self.issuer),
+            api_base_url=one(self.api_base_url),
+        )
+
+    def scope_string(self, scopes: Sequence[str], *, offline: bool) -> str:
+        """The ``scope`` parameter: ``scopes`` (or the defaults) plus ``offline_scope``."""
+        wanted = list(scopes) if scopes else list(self.default_scopes)
+        if offline and self.offline_scope:
+            wanted.append(self.offline_scope)
+        return self.scope_separator.join(dict.fromkeys(s for s in wanted if s))
+
+    def authorization_extra_params(self, *, consent: bool) -> dict[str, str]:
+        """Extra authorization-request parameters; ``consent`` when no refresh token works."""
+        params = dict(self.authorization_params)
+        if consent:
+            params.update(self.consent_params)
+        return params
+
+    @property
+    def is_generic(self) -> bool:
+        """True for the two entries configured wholly by the integration (``oidc``, ``oauth2``)."""
+        return self.name in {"oidc", "oauth2"}
+
+
+class Catalog:
+    """An immutable, name-indexed set of provider specs."""
+
+    def __init__(self, specs: Sequence[ProviderSpec]) -> None:
+        by_name: dict[str, ProviderSpec] = {}
+        for spec in specs:
+            if spec.name in by_name:
+                raise CatalogError(f"duplicate provider name {spec.name!r}")
+            by_name[spec.name] = spec
+        self._specs = dict(sorted(by_name.items()))
+
+    def get(self, name: str) -> ProviderSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownProvider(f"unknown provider {name!r}", provider=name) from None
+
+    def all(self) -> list[ProviderSpec]:
+        return list(self._specs.values())
+
+    def search(self, q: str | None = None, category: str | None = None) -> list[ProviderSpec]:
+        """Entries whose name or display name contains ``q`` (case-insensitive), in ``category``."""
+        needle = (q or "").strip().casefold()
+        return [
+            spec
+            for spec in self._specs.values()
+            if (category is None or category in spec.categories)
+            and (
+                not needle
+                or needle in spec.name.casefold()
+                or needle in spec.display_name.casefold()
+            )
+        ]
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __iter__(self) -> Iterator[ProviderSpec]:
+        return iter(self._specs.values())
+
+
+def _format_validation_error(path: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "<entry>"
+        problems.append(f"{loc}: {err['msg']}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def parse_spec(text: str, *, stem: str, path: str) -> ProviderSpec:
+    """Parse one TOML entry; errors name the file and the field."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: invalid TOML: {exc}", file=path) from None
+    try:
+        spec = ProviderSpec.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(_format_validation_error(path, exc), file=path) from None
+    if spec.name != stem:
+        raise CatalogError(f"{path}: name: {spec.name!r} differs from the file name", file=path)
+    return spec
+
+
+def load_catalog_from(directory: Path) -> Catalog:
+    """Load every ``*.toml`` entry of ``directory`` (used by tests and tools)."""
+    specs = [
+        parse_spec(p.read_text(encoding="utf-8"), stem=p.stem, path=str(p))
+        for p in sorted(directory.glob("*.toml"))
+    ]
+    return Catalog(specs)
+
+
+@cache
+def load_catalog() -> Catalog:
+    """The built-in catalog (``grantkeeper/providers/specs/*.toml``), read once and cached."""
+    root = resources.files("grantkeeper.providers").joinpath("specs")
+    specs = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".toml"):
+            continue
+        stem = entry.name.removesuffix(".toml")
+        specs.append(
+            parse_spec(entry.read_text(encoding="utf-8"), stem=stem, path=f"specs/{entry.name}")
+        )
+    return Catalog(specs)
