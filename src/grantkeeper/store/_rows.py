@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from sqlalchemy import RowMapping
 
 __all__ = ["to_record"]
 
@@ -12,7 +13,7 @@ T = TypeVar("T")
 _TUPLES = {"scopes", "return_urls", "integration_ids"}
 
 
-def to_record(cls: type[T], row: Mapping[str, Any]) -> T:
+def to_record(cls: type[T], row: RowMapping) -> T:
     values: dict[str, Any] = {}
     for k, v in row.items():
         if k in _TUPLES and isinstance(v, list):
