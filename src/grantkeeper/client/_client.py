@@ -1,0 +1,448 @@
+"""The synchronous client, over ``httpx.Client``."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import httpx
+
+from . import _calls as calls
+from ._base import ClientConfig, describe, logger
+from ._exceptions import TransportError, error_from_response, problem_body
+from ._models import (
+    AccessToken,
+    AuditEvent,
+    ConnectSession,
+    ConnectSessionStatus,
+    ExportedTokens,
+    Grant,
+    Integration,
+    Page,
+    Provider,
+    Revocation,
+    WebhookEndpoint,
+)
+from ._retry import IDEMPOTENT_METHODS
+
+if TYPE_CHECKING:
+    import requests.auth
+
+    from ._auth import GrantAuth
+
+T = TypeVar("T")
+
+
+class Client:
+    """Synchronous client for the grantkeeper vault API.
+
+    ```python
+    with Client("https://vault.example", api_key) as vault:
+        token = vault.token(grant_id, min_ttl=300)
+    ```
+
+    Calls are grouped by resource: ``providers``, ``integrations``,
+    ``connect``, ``grants``, ``webhook_endpoints``, ``audit_events`` and
+    ``proxy``. Errors raise subclasses of ``GrantkeeperClientError``.
+
+    ``http_client`` lets you bring your own ``httpx.Client`` (its timeout and
+    transport are then used; the SDK does not close it). ``sleep`` replaces
+    ``time.sleep`` between retries (a test seam).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+        max_retry_wait: float = 60.0,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self._config = ClientConfig(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_retry_wait=max_retry_wait,
+        )
+        if http_client is not None and transport is not None:
+            raise ValueError("pass either transport or http_client, not both")
+        if http_client is None:
+            self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+            self._owns_http = True
+        else:
+            self._http = http_client
+            self._owns_http = False
+        self._sleep: Callable[[float], object] = sleep if sleep is not None else time.sleep
+        self.providers = Providers(self)
+        self.integrations = Integrations(self)
+        self.connect = Connect(self)
+        self.grants = Grants(self)
+        self.webhook_endpoints = WebhookEndpoints(self)
+        self.audit_events = AuditEvents(self)
+        self.proxy = Proxy(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
+
+    def __repr__(self) -> str:
+        return self._config.repr_for(type(self).__name__)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying ``httpx.Client`` (unless it was passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    # -- conveniences ----------------------------------------------------------
+
+    def token(
+        self, grant_id: str, *, min_ttl: int | None = None, force_refresh: bool = False
+    ) -> AccessToken:
+        """Shortcut for ``grants.token``."""
+        return self.grants.token(grant_id, min_ttl=min_ttl, force_refresh=force_refresh)
+
+    def auth(self, grant_id: str, *, min_ttl: int = 60) -> GrantAuth:
+        """An ``httpx.Auth`` that stamps the grant's access token on requests.
+
+        ``httpx.Client(auth=vault.auth(grant_id))`` then talks to the provider
+        directly. Tokens are cached until within ``min_ttl`` seconds of expiry;
+        a 401 from the provider forces one refresh and one retry. Also works
+        with ``httpx.AsyncClient`` (vault calls then run in a worker thread).
+        """
+        from ._auth import GrantAuth
+
+        return GrantAuth(self, grant_id, min_ttl=min_ttl)
+
+    def requests_auth(self, grant_id: str, *, min_ttl: int = 60) -> requests.auth.AuthBase:
+        """Like ``auth`` but for the ``requests`` library (which must be installed)."""
+        try:
+            from ._requests_auth import GrantRequestsAuth
+        except ImportError as exc:
+            raise ImportError(
+                "Client.requests_auth() needs the 'requests' package: pip install requests"
+            ) from exc
+        return GrantRequestsAuth(self.auth(grant_id, min_ttl=min_ttl))
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _call(self, call: calls.Call[T]) -> T:
+        response = self._send(
+            call.method, call.path, params=call.params, json=call.json, idempotent=call.idempotent
+        )
+        return call.parse(response)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Any = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+        data: Any = None,
+        files: Any = None,
+        timeout: Any = None,
+        proxied: bool = False,
+    ) -> httpx.Response:
+        config = self._config
+        url = config.url(path)
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    content=content,
+                    data=data,
+                    files=files,
+                    headers=config.headers(headers),
+                    **extra,
+                )
+            except httpx.RequestError as exc:
+                delay = config.policy.delay_for_error(exc, attempt, idempotent=idempotent)
+                if delay is None:
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                logger.info(
+                    "grantkeeper: %s %s failed (%s); retry %d in %.2fs",
+                    method,
+                    path,
+                    type(exc).__name__,
+                    attempt + 1,
+                    delay,
+                )
+                self._sleep(delay)
+                attempt += 1
+                continue
+            logger.debug("grantkeeper: %s", describe(response))
+            delay = config.policy.delay_for_response(
+                response, attempt, idempotent=idempotent, vault_problems_only=proxied
+            )
+            if delay is not None:
+                response.close()
+                logger.info(
+                    "grantkeeper: %s; retry %d in %.2fs", describe(response), attempt + 1, delay
+                )
+                self._sleep(delay)
+                attempt += 1
+                continue
+            if proxied:
+                if problem_body(response).get("code") in calls.PROXY_RAISED_CODES:
+                    raise error_from_response(response)
+                return response
+            if not response.is_success:
+                raise error_from_response(response)
+            return response
+
+
+class _Resource:
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._client!r}>"
+
+
+class Providers(_Resource):
+    """The provider catalog."""
+
+    def list(self, category: str | None = None, q: str | None = None) -> builtins.list[Provider]:
+        return self._client._call(calls.list_providers(category, q))
+
+    def get(self, name: str) -> Provider:
+        return self._client._call(calls.get_provider(name))
+
+
+class Integrations(_Resource):
+    """Integrations: a provider plus the app's OAuth client."""
+
+    def put(
+        self,
+        integration_id: str,
+        *,
+        provider: str,
+        client_id: str,
+        client_secret: str | None = None,
+        scopes: Sequence[str] | None = None,
+        return_urls: Sequence[str] | None = None,
+        authorization_params: Mapping[str, Any] | None = None,
+        issuer: str | None = None,
+        endpoints: Mapping[str, Any] | None = None,
+        api_base_url: str | None = None,
+        token_export: Literal["never", "once"] | None = None,
+        **fields: Any,
+    ) -> Integration:
+        """Create or replace an integration. ``None`` arguments are left out;
+        ``fields`` passes members this SDK does not name yet."""
+        body = dict(
+            provider=provider,
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=scopes,
+            return_urls=return_urls,
+            authorization_params=authorization_params,
+            issuer=issuer,
+            endpoints=endpoints,
+            api_base_url=api_base_url,
+            token_export=token_export,
+        )
+        body.update(fields)
+        return self._client._call(calls.put_integration(integration_id, body))
+
+    def get(self, integration_id: str) -> Integration:
+        return self._client._call(calls.get_integration(integration_id))
+
+    def list(self) -> builtins.list[Integration]:
+        return self._client._call(calls.list_integrations())
+
+    def delete(self, integration_id: str) -> None:
+        """Delete; raises ``IntegrationInUseError`` while grants exist."""
+        self._client._call(calls.delete_integration(integration_id))
+
+
+class Connect(_Resource):
+    """Connect sessions: the OAuth dance."""
+
+    def create_session(
+        self,
+        integration_id: str,
+        user_id: str,
+        return_to: str,
+        scopes: Sequence[str] | None = None,
+    ) -> ConnectSession:
+        return self._client._call(calls.create_session(integration_id, user_id, return_to, scopes))
+
+    def get_session(self, session_id: str) -> ConnectSessionStatus:
+        return self._client._call(calls.get_session(session_id))
+
+    def export_tokens(self, session_id: str) -> ExportedTokens:
+        """The provider's tokens, once, for ``token_export: "once"`` integrations."""
+        return self._client._call(calls.export_tokens(session_id))
+
+
+class Grants(_Resource):
+    """Grants: one user's authorization of one integration."""
+
+    def list(
+        self,
+        integration_id: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Page[Grant]:
+        return self._client._call(calls.list_grants(integration_id, user_id, status, limit, offset))
+
+    def iter(
+        self,
+        integration_id: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Grant]:
+        """Every matching grant, fetching pages (of ``limit``) as needed."""
+        offset: int | None = None
+        while True:
+            page = self.list(integration_id, user_id, status, limit, offset)
+            yield from page.data
+            if page.next_offset is None or page.next_offset == offset:
+                return
+            offset = page.next_offset
+
+    def get(self, grant_id: str) -> Grant:
+        return self._client._call(calls.get_grant(grant_id))
+
+    def import_(
+        self,
+        integration_id: str,
+        user_id: str,
+        refresh_token: str,
+        access_token: str | None = None,
+        expires_at: datetime | str | None = None,
+        scopes: Sequence[str] | None = None,
+        verify: bool = True,
+    ) -> Grant:
+        """Import tokens obtained elsewhere (bring your own authorization)."""
+        return self._client._call(
+            calls.import_grant(
+                integration_id, user_id, refresh_token, access_token, expires_at, scopes, verify
+            )
+        )
+
+    def token(
+        self, grant_id: str, min_ttl: int | None = None, force_refresh: bool = False
+    ) -> AccessToken:
+        """An access token valid for at least ``min_ttl`` seconds."""
+        return self._client._call(calls.grant_token(grant_id, min_ttl, force_refresh))
+
+    def reconnect(self, grant_id: str, return_to: str) -> ConnectSession:
+        """A connect session that re-authorizes the same user and integration."""
+        return self._client._call(calls.reconnect_grant(grant_id, return_to))
+
+    def delete(self, grant_id: str) -> Revocation:
+        """Revoke at the provider where possible and destroy the stored secrets."""
+        return self._client._call(calls.delete_grant(grant_id))
+
+
+class WebhookEndpoints(_Resource):
+    def create(self, url: str, events: Sequence[str]) -> WebhookEndpoint:
+        """Create an endpoint; the returned ``secret`` is shown only this once."""
+        return self._client._call(calls.create_webhook_endpoint(url, events))
+
+    def list(self) -> builtins.list[WebhookEndpoint]:
+        return self._client._call(calls.list_webhook_endpoints())
+
+    def get(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._client._call(calls.get_webhook_endpoint(endpoint_id))
+
+    def delete(self, endpoint_id: str) -> None:
+        self._client._call(calls.delete_webhook_endpoint(endpoint_id))
+
+
+class AuditEvents(_Resource):
+    def list(
+        self, grant_id: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> Page[AuditEvent]:
+        return self._client._call(calls.list_audit_events(grant_id, limit, offset))
+
+
+class Proxy(_Resource):
+    """Calls to the provider's API through the vault.
+
+    The provider's response is returned unchanged (no exception for 4xx/5xx),
+    except for the vault's own ``grant_invalid``, ``grant_revoked`` and
+    ``provider_unavailable`` problems, which raise. Use
+    ``error_from_response`` to turn any other response into an exception.
+    """
+
+    def request(
+        self,
+        grant_id: str,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+        data: Any = None,
+        files: Any = None,
+        json: Any = None,
+        timeout: Any = None,
+    ) -> httpx.Response:
+        method = method.upper()
+        return self._client._send(
+            method,
+            calls.proxy_path(grant_id, path),
+            params=params,
+            headers=headers,
+            content=content,
+            data=data,
+            files=files,
+            json=json,
+            timeout=timeout,
+            idempotent=method in IDEMPOTENT_METHODS,
+            proxied=True,
+        )
+
+    def get(self, grant_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request(grant_id, "GET", path, **kwargs)
+
+    def post(self, grant_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request(grant_id, "POST", path, **kwargs)
+
+    def put(self, grant_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request(grant_id, "PUT", path, **kwargs)
+
+    def patch(self, grant_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request(grant_id, "PATCH", path, **kwargs)
+
+    def delete(self, grant_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request(grant_id, "DELETE", path, **kwargs)
