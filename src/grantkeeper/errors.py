@@ -27,6 +27,8 @@ Our exception hierarchy::
     + InvalidInput                      invalid_input
     | - ReturnToNotAllowed              return_to_not_allowed
     | - UnsafeUrl                       unsafe_url
+    | - MalformedJson                   malformed_json (400)
+    | - UnsupportedMediaType            unsupported_media_type (415)
     + TokenExportDisabled               token_export_disabled
     + TokensAlreadyRetrieved            tokens_already_retrieved
     + ConnectError                      (the OAuth callback; rendered as HTML)
@@ -39,6 +41,7 @@ Our exception hierarchy::
     | - RefreshTokenRejected            refresh_token_rejected (invalid_grant on import)
     | - ProviderRejected                provider_rejected
     + RefreshBusy                       refresh_busy (lock/lease wait timed out: transient)
+    + StoreUnavailable                  store_unavailable (a write kept failing: transient)
     + RateLimited                       rate_limited
 """
 
@@ -56,6 +59,7 @@ __all__ = [
     "ConnectError",
     "DecryptionFailed",
     "Forbidden",
+    "StoreUnavailable",
     "GrantInvalid",
     "GrantRevoked",
     "GrantkeeperError",
@@ -65,7 +69,9 @@ __all__ = [
     "InvalidProviderSettings",
     "InvalidState",
     "IssuerMismatch",
+    "MalformedJson",
     "NotFound",
+    "UnsupportedMediaType",
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
@@ -212,6 +218,18 @@ class UnsafeUrl(InvalidInput):
     title = "URL not allowed"
 
 
+class MalformedJson(InvalidInput):
+    code = "malformed_json"
+    status = 400
+    title = "Malformed JSON body"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+    status = 415
+    title = "Send application/json"
+
+
 class TokenExportDisabled(GrantkeeperError):
     code = "token_export_disabled"
     status = 403
@@ -299,3 +317,12 @@ class RateLimited(GrantkeeperError):
     def __init__(self, detail: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.retry_after = max(1, int(retry_after))
+
+
+class StoreUnavailable(GrantkeeperError):
+    """The database refused a write after retries; nothing was reported as done."""
+
+    code = "store_unavailable"
+    status = 503
+    title = "The database is unavailable; retry shortly"
+    retry_after = 2

@@ -11,7 +11,14 @@ from grantkeeper.store._rows import to_record
 from grantkeeper.store.records import ConnectSessionRecord
 from grantkeeper.store.tables import connect_sessions
 
-__all__ = ["by_url_token", "claim_by_state", "get", "insert_session", "update_session"]
+__all__ = [
+    "by_url_token",
+    "claim_by_state",
+    "claim_export",
+    "get",
+    "insert_session",
+    "update_session",
+]
 
 
 async def insert_session(conn: AsyncConnection, values: dict[str, Any]) -> None:
@@ -71,4 +78,18 @@ async def update_session(
     if expect_status is not None:
         q = q.where(connect_sessions.c.status == expect_status)
     r = await conn.execute(q.values(**values))
+    return r.rowcount > 0
+
+
+async def claim_export(conn: AsyncConnection, session_id: str, now: float) -> bool:
+    """Take the one-time export: only one caller ever sees ``available`` turn ``retrieved``."""
+    r = await conn.execute(
+        update(connect_sessions)
+        .where(
+            connect_sessions.c.id == session_id,
+            connect_sessions.c.export_status == "available",
+            connect_sessions.c.export_expires_at > now,
+        )
+        .values(export_ct=None, export_status="retrieved")
+    )
     return r.rowcount > 0

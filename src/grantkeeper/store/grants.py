@@ -15,6 +15,7 @@ from grantkeeper.store.tables import grants
 __all__ = [
     "claim_due",
     "claim_lease",
+    "count_all_by_status",
     "count_by_status",
     "find_for_user",
     "get",
@@ -193,4 +194,9 @@ async def count_by_status(conn: AsyncConnection, environment_id: str) -> dict[st
         .where(grants.c.environment_id == environment_id)
         .group_by(grants.c.status)
     )
+    return {s: int(n) for s, n in r.all()}
+
+
+async def count_all_by_status(conn: AsyncConnection) -> dict[str, int]:
+    r = await conn.execute(select(grants.c.status, func.count()).group_by(grants.c.status))
     return {s: int(n) for s, n in r.all()}

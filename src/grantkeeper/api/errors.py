@@ -1,0 +1,140 @@
+"""The one mapping from errors to RFC 9457 ``application/problem+json``.
+
+Never a stack trace, never a secret: unexpected exceptions become a generic
+500 with an opaque id that is also logged (without request data).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from grantkeeper.errors import (
+    GrantkeeperError,
+    ProviderUnavailable,
+    RateLimited,
+    RefreshBusy,
+    StoreUnavailable,
+)
+
+__all__ = ["install_error_handlers", "problem", "problem_response"]
+
+log = logging.getLogger("grantkeeper.api")
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthenticated", "Missing or invalid API key"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    410: ("gone", "Gone"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    422: ("invalid_input", "Invalid input"),
+    429: ("rate_limited", "Too many requests"),
+    500: ("internal_error", "Internal error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def problem(status: int, code: str, title: str, detail: str | None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"https://grantkeeper.dev/problems/{code.replace('_', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+        "code": code,
+    }
+    body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    h = {"Cache-Control": "no-store"}
+    if headers:
+        h.update(headers)
+    return Response(
+        orjson.dumps(problem(status, code, title, detail, **extra)),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=h,
+    )
+
+
+def error_response(exc: GrantkeeperError) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, ProviderUnavailable | RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, RefreshBusy | StoreUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="grantkeeper"'
+    safe_extra = {k: v for k, v in exc.extra.items() if k in ("failure", "setting", "errors")}
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, headers=headers, **safe_extra
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors()[:20]:
+        loc = [str(p) for p in e.get("loc", ())]
+        # never echo the input back: it may be a secret
+        out.append({"location": loc, "message": str(e.get("msg", ""))[:200], "type": e.get("type")})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_domain(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GrantkeeperError)
+        if exc.status >= 500 and not isinstance(
+            exc, ProviderUnavailable | RefreshBusy | StoreUnavailable
+        ):
+            log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = _validation_errors(exc)
+        if any(e["type"] == "json_invalid" for e in errors):
+            return problem_response(
+                400, "malformed_json", "Malformed JSON body", "the request body is not valid JSON"
+            )
+        return problem_response(
+            422, "invalid_input", "Invalid input", "the request failed validation", errors=errors
+        )
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) and exc.status_code != 500 else title
+        return problem_response(exc.status_code, code, title, detail, headers=exc.headers)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        ref = secrets.token_hex(6)
+        log.error("unexpected error %s: %s", ref, type(exc).__name__, exc_info=False)
+        return problem_response(
+            500, "internal_error", "Internal error", f"unexpected error (ref {ref})"
+        )
+
+    app.add_exception_handler(GrantkeeperError, on_domain)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

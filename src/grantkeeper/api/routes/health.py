@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.responses import Response
+
+from grantkeeper.api.deps import RuntimeDep
+from grantkeeper.api.errors import problem_response
+from grantkeeper.errors import DecryptionFailed
+from grantkeeper.store import grants as grant_store
+from grantkeeper.store.db import reading
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(rt: RuntimeDep) -> dict[str, Any] | Response:
+    try:
+        async with reading(rt.engine) as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any database failure means not ready
+        return problem_response(
+            503, "database_unavailable", "Database unavailable", "the database is not reachable"
+        )
+    try:
+        probe = rt.vault.seal(b"readyz", b"readyz")
+        rt.vault.open(probe, b"readyz")
+    except DecryptionFailed:
+        return problem_response(
+            503, "vault_sealed", "Keys not loaded", "the key-encryption keys are not usable"
+        )
+    return {"status": "ready", "primary_key_id": rt.vault.primary_key_id}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(rt: RuntimeDep) -> Response:
+    try:
+        async with reading(rt.engine) as conn:
+            totals = await grant_store.count_all_by_status(conn)
+        for status in ("active", "invalid", "revoked"):
+            rt.metrics.grants.labels(status).set(totals.get(status, 0))
+    except Exception as exc:  # noqa: BLE001 - metrics must answer even when the database does not
+        log.warning("grant counts unavailable for /metrics: %s", type(exc).__name__)
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

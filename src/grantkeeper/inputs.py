@@ -1,0 +1,150 @@
+"""Validated inputs shared by the HTTP API, the admin UI and the CLI.
+
+Unknown fields are rejected; strings that reach the database are checked for
+control characters here (PostgreSQL refuses NUL bytes with a 500 otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CreateConnectSession",
+    "CreateWebhookEndpoint",
+    "EndpointsInput",
+    "ImportGrant",
+    "IntegrationInput",
+    "Reconnect",
+    "TokenRequest",
+    "INTEGRATION_ID",
+    "UserId",
+]
+
+INTEGRATION_ID = r"[a-z0-9][a-z0-9_-]{0,62}"
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")  # RFC 6749 3.3 scope-token
+
+
+def _printable(v: str) -> str:
+    if any(
+        (ord(c) < 0x20)
+        or (0x7F <= ord(c) < 0xA0)
+        or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+        for c in v
+    ):
+        raise ValueError("must not contain control or bidi-override characters")
+    return v
+
+
+def _scope_list(v: list[str]) -> list[str]:
+    for s in v:
+        if not _SCOPE.fullmatch(s):
+            raise ValueError(f"invalid scope token {s[:40]!r}")
+    return list(dict.fromkeys(v))
+
+
+Printable = Annotated[str, AfterValidator(_printable)]
+UserId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)]
+Scopes = Annotated[list[str], Field(max_length=100), AfterValidator(_scope_list)]
+Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_printable)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class EndpointsInput(_In):
+    authorization_url: Url
+    token_url: Url
+    revocation_url: Url | None = None
+    userinfo_url: Url | None = None
+    token_endpoint_auth_method: (
+        Literal["client_secret_basic", "client_secret_post", "none"] | None
+    ) = None
+
+
+class IntegrationInput(_In):
+    provider: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    ]
+    client_id: Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)]
+    client_secret: (
+        Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_printable)] | None
+    ) = None
+    scopes: Scopes = Field(default_factory=list)
+    return_urls: Annotated[list[Url], Field(min_length=1, max_length=50)]
+    authorization_params: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+        Annotated[str, Field(max_length=500), AfterValidator(_printable)],
+    ] = Field(default_factory=dict, max_length=30)
+    issuer: Url | None = None
+    endpoints: EndpointsInput | None = None
+    api_base_url: Url | None = None
+    token_export: Literal["never", "once"] = "never"
+    #: values for the provider's templated URLs (tenant, subdomain, ...)
+    settings: dict[
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")],
+        Annotated[str, Field(max_length=200), AfterValidator(_printable)],
+    ] = Field(default_factory=dict, max_length=20)
+    display_name: Annotated[str, Field(max_length=200), AfterValidator(_printable)] | None = None
+    #: show the Connect page (app, provider, access asked) before redirecting to the provider
+    connect_page: bool = False
+
+
+class CreateConnectSession(_In):
+    integration_id: Annotated[str, Field(pattern=f"^{INTEGRATION_ID}$")]
+    user_id: UserId
+    return_to: Url
+    scopes: Scopes | None = None
+
+
+class Reconnect(_In):
+    return_to: Url
+
+
+class TokenRequest(_In):
+    min_ttl: Annotated[int, Field(ge=0, le=86_400)] = 300
+    force_refresh: bool = False
+
+
+class ImportGrant(_In):
+    integration_id: Annotated[str, Field(pattern=f"^{INTEGRATION_ID}$")]
+    user_id: UserId
+    refresh_token: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_printable)]
+    access_token: (
+        Annotated[str, Field(min_length=1, max_length=16000), AfterValidator(_printable)] | None
+    ) = None
+    expires_at: Annotated[str, Field(max_length=40)] | None = None
+    scopes: Scopes | None = None
+    verify: bool = True
+    provider_account_id: (
+        Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)] | None
+    ) = None
+
+
+WEBHOOK_EVENTS = (
+    "grant.created",
+    "grant.updated",
+    "grant.invalid",
+    "grant.recovered",
+    "grant.deleted",
+)
+
+
+class CreateWebhookEndpoint(_In):
+    url: Url
+    events: Annotated[
+        list[
+            Literal[
+                "grant.created",
+                "grant.updated",
+                "grant.invalid",
+                "grant.recovered",
+                "grant.deleted",
+                "*",
+            ]
+        ],
+        Field(min_length=1, max_length=10),
+    ]

@@ -1,0 +1,205 @@
+"""Integrations: one environment's use of a provider with the app's own OAuth client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grantkeeper.clock import iso
+from grantkeeper.errors import InvalidInput, NotFound
+from grantkeeper.inputs import IntegrationInput
+from grantkeeper.netguard import check_url
+from grantkeeper.oauth.tokens import ClientCredentials
+from grantkeeper.providers import ProviderSpec
+from grantkeeper.returnurls import validate_return_url
+from grantkeeper.runtime import Runtime
+from grantkeeper.store import integrations as store
+from grantkeeper.store.records import IntegrationRecord
+from grantkeeper.vault import aad_for
+
+__all__ = [
+    "ResolvedIntegration",
+    "get_or_404",
+    "integration_view",
+    "put_integration",
+    "resolve",
+    "secret_aad",
+]
+
+
+def secret_aad(environment_id: str, integration_id: str) -> bytes:
+    return aad_for(environment_id, "integrations", integration_id, "client_secret")
+
+
+def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "provider": rec.provider,
+        "display_name": rec.display_name,
+        "client_id": rec.client_id,
+        "client_secret_set": rec.client_secret_ct is not None,
+        "scopes": list(rec.scopes),
+        "return_urls": list(rec.return_urls),
+        "authorization_params": rec.authorization_params,
+        "issuer": rec.issuer,
+        "endpoints": rec.endpoints,
+        "api_base_url": rec.api_base_url,
+        "settings": rec.settings,
+        "token_export": rec.token_export,
+        "connect_page": rec.connect_page,
+        "callback_url": rt.settings.callback_url,
+        "created_at": iso(rec.created_at),
+        "updated_at": iso(rec.updated_at),
+    }
+
+
+async def put_integration(
+    conn: AsyncConnection,
+    rt: Runtime,
+    environment_id: str,
+    integration_id: str,
+    body: IntegrationInput,
+) -> tuple[IntegrationRecord, bool]:
+    """Create or replace; the client secret is write-only (omitted on update = keep it)."""
+    spec = rt.catalog.get(body.provider)
+    allow = rt.settings.allow_private_networks
+    for url in body.return_urls:
+        validate_return_url(url, allow_private=allow)
+    if spec.auth_mode not in ("oauth2", "oidc"):
+        raise InvalidInput(
+            f"provider {spec.name!r} uses auth mode {spec.auth_mode!r}, which is not supported yet"
+        )
+    if spec.name == "oidc" or (spec.discovery and not spec.issuer):
+        if not body.issuer:
+            raise InvalidInput(
+                "this provider needs an 'issuer' (OpenID discovery is used to find its endpoints)"
+            )
+    if spec.name == "oauth2" and body.endpoints is None:
+        raise InvalidInput(
+            "the generic oauth2 provider needs 'endpoints' (authorization_url and token_url)"
+        )
+    if body.issuer:
+        check_url(body.issuer, allow_private=allow, what="issuer")
+    if body.endpoints is not None:
+        for name in ("authorization_url", "token_url", "revocation_url", "userinfo_url"):
+            value = getattr(body.endpoints, name)
+            if value:
+                check_url(value, allow_private=allow, what=name)
+    if body.api_base_url:
+        check_url(body.api_base_url, allow_private=allow, what="api_base_url")
+    spec.resolve(body.settings)  # raises InvalidProviderSettings naming the setting
+
+    existing = await store.get(conn, environment_id, integration_id)
+    secret_ct: bytes | None
+    if body.client_secret is not None:
+        secret_ct = rt.vault.seal(body.client_secret, secret_aad(environment_id, integration_id))
+    elif existing is not None and existing.provider == body.provider:
+        secret_ct = existing.client_secret_ct
+    else:
+        secret_ct = None
+    method = body.endpoints.token_endpoint_auth_method if body.endpoints else None
+    if secret_ct is None and (method or spec.token_endpoint_auth_method) != "none":
+        raise InvalidInput("client_secret is required for this provider")
+    values = {
+        "provider": body.provider,
+        "display_name": body.display_name,
+        "client_id": body.client_id,
+        "client_secret_ct": secret_ct,
+        "scopes": list(body.scopes),
+        "return_urls": list(body.return_urls),
+        "authorization_params": dict(body.authorization_params),
+        "issuer": body.issuer,
+        "endpoints": body.endpoints.model_dump(exclude_none=True) if body.endpoints else None,
+        "settings": dict(body.settings),
+        "api_base_url": body.api_base_url,
+        "token_export": body.token_export,
+        "connect_page": body.connect_page,
+    }
+    created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
+    rec = await store.get(conn, environment_id, integration_id)
+    assert rec is not None
+    return rec, created
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedIntegration:
+    """An integration with its endpoints filled in and its client secret opened."""
+
+    record: IntegrationRecord
+    spec: ProviderSpec
+    client: ClientCredentials
+    authorization_url: str
+    token_url: str
+    revocation_url: str | None
+    userinfo_url: str | None
+    jwks_uri: str | None
+    issuer: str | None
+    api_base_url: str | None
+    #: the provider advertises RFC 9207 ``iss`` in authorization responses
+    iss_parameter_supported: bool
+    is_oidc: bool
+
+    @property
+    def pkce(self) -> bool:
+        return self.spec.pkce
+
+
+async def get_or_404(
+    conn: AsyncConnection, environment_id: str, integration_id: str
+) -> IntegrationRecord:
+    rec = await store.get(conn, environment_id, integration_id)
+    if rec is None:
+        raise NotFound("no such integration")
+    return rec
+
+
+async def resolve(rt: Runtime, rec: IntegrationRecord) -> ResolvedIntegration:
+    spec = rt.catalog.get(rec.provider)
+    ep = spec.resolve(rec.settings)
+    overrides = rec.endpoints or {}
+    issuer = rec.issuer or ep.issuer
+    authz, token = (
+        overrides.get("authorization_url") or ep.authorization_url,
+        overrides.get("token_url") or ep.token_url,
+    )
+    revocation = overrides.get("revocation_url") or ep.revocation_url
+    userinfo = overrides.get("userinfo_url") or ep.userinfo_url
+    jwks = ep.jwks_uri
+    iss_supported = False
+    is_oidc = spec.auth_mode == "oidc"
+    if issuer and (spec.discovery or spec.name == "oidc" or (is_oidc and not (authz and token))):
+        meta = await rt.discovery.metadata(issuer)
+        authz = authz or meta.authorization_endpoint
+        token = token or meta.token_endpoint
+        revocation = revocation or meta.revocation_endpoint
+        userinfo = userinfo or meta.userinfo_endpoint
+        jwks = jwks or meta.jwks_uri
+        iss_supported = meta.iss_parameter_supported
+    if not authz or not token:
+        raise InvalidInput("the integration has no authorization or token endpoint")
+    secret = (
+        rt.vault.open_str(rec.client_secret_ct, secret_aad(rec.environment_id, rec.id))
+        if rec.client_secret_ct is not None
+        else None
+    )
+    method = overrides.get("token_endpoint_auth_method") or (
+        "client_secret_basic"
+        if spec.name in ("oidc", "oauth2")
+        else spec.token_endpoint_auth_method
+    )
+    return ResolvedIntegration(
+        record=rec,
+        spec=spec,
+        client=ClientCredentials(rec.client_id, secret, method),
+        authorization_url=authz,
+        token_url=token,
+        revocation_url=revocation,
+        userinfo_url=userinfo,
+        jwks_uri=jwks,
+        issuer=issuer if is_oidc or rec.issuer else None,
+        api_base_url=rec.api_base_url or ep.api_base_url,
+        iss_parameter_supported=iss_supported,
+        is_oidc=is_oidc and issuer is not None,
+    )

@@ -1,0 +1,45 @@
+"""Prometheus metrics, on a registry per runtime (no global state at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.refreshes = Counter(
+            "grantkeeper_refreshes_total",
+            "Refresh attempts at providers by outcome",
+            ["provider", "outcome", "trigger"],
+            registry=r,
+        )
+        self.refresh_seconds = Histogram(
+            "grantkeeper_refresh_duration_seconds",
+            "Time of one refresh call at the provider",
+            ["provider"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.tokens_served = Counter(
+            "grantkeeper_tokens_served_total", "Access tokens handed out", ["provider"], registry=r
+        )
+        self.due_lag = Gauge(
+            "grantkeeper_refresh_due_lag_seconds", "How late the oldest due grant is", registry=r
+        )
+        self.grants = Gauge("grantkeeper_grants", "Grants by status", ["status"], registry=r)
+        self.webhook_deliveries = Counter(
+            "grantkeeper_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.proxy_requests = Counter(
+            "grantkeeper_proxy_requests_total",
+            "Proxied requests by provider and status class",
+            ["provider", "status"],
+            registry=r,
+        )

@@ -1,0 +1,1 @@
+"""Keeping access tokens fresh: the single-flight engine and the proactive scheduler."""

@@ -1,0 +1,58 @@
+"""Pure refresh arithmetic: due times, backoff, effective TTLs. No I/O."""
+
+from __future__ import annotations
+
+import random
+
+__all__ = ["backoff", "due_at", "effective_min_ttl"]
+
+
+def due_at(
+    *,
+    now: float,
+    expires_at: float | None,
+    has_refresh_token: bool,
+    margin: float,
+    jitter: float,
+    idle_expiry: float | None = None,
+    idle_fraction: float = 0.5,
+    rng: random.Random | None = None,
+) -> float | None:
+    """When the proactive worker should refresh this grant next (None: never).
+
+    Ahead of expiry by ``margin`` (at most half the remaining lifetime, so short
+    tokens are refreshed mid-life), minus jitter so grants issued together do
+    not all fall due at once; and, for refresh tokens that die when idle, a
+    keep-alive at ``idle_fraction`` of the idle limit.
+    """
+    if not has_refresh_token:
+        return None
+    r = rng or random
+    candidates: list[float] = []
+    if expires_at is not None:
+        remaining = max(expires_at - now, 0.0)
+        m = min(margin, remaining / 2)
+        j = r.uniform(0, min(jitter, remaining / 10))
+        candidates.append(expires_at - m - j)
+    if idle_expiry is not None:
+        candidates.append(now + idle_expiry * idle_fraction)
+    return min(candidates) if candidates else None
+
+
+def effective_min_ttl(
+    min_ttl: float, *, expires_at: float | None, issued_at: float | None
+) -> float:
+    """A TTL the provider can satisfy: never more than half of the token's own lifetime."""
+    if expires_at is None or issued_at is None:
+        return min_ttl
+    lifetime = expires_at - issued_at
+    return min(min_ttl, max(lifetime / 2, 0.0))
+
+
+def backoff(
+    attempt: int, *, base: float = 2.0, cap: float = 600.0, retry_after: float | None = None
+) -> float:
+    """Exponential backoff with full jitter, honouring a provider's Retry-After."""
+    d = min(cap, base * (2 ** max(attempt - 1, 0)))
+    d = random.uniform(d / 2, d)
+    return max(d, retry_after or 0.0)
