@@ -101,7 +101,16 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 #: Characters every setting value is limited to, whatever its own pattern says.
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_SAMPLE_VALUE = "sample"
+#: Values tried, in order, to check that a templated URL resolves to a plausible https URL.
+SAMPLE_VALUES: tuple[str, ...] = (
+    "sample",
+    "sample.example.com",
+    "us-east-1",
+    "us-east-1_Sample123",
+    "na1",
+    "1234567",
+    "v1.0",
+)
 
 #: Spec fields that hold URLs and may contain ``{setting}`` placeholders.
 TEMPLATED_FIELDS: tuple[str, ...] = (
@@ -218,6 +227,17 @@ class Setting(_Model):
     @property
     def required(self) -> bool:
         return self.default is None
+
+    def sample(self) -> str:
+        """A value this setting accepts: its default, else the first fitting ``SAMPLE_VALUES``."""
+        if self.default is not None:
+            return self.default
+        for candidate in SAMPLE_VALUES:
+            if self.accepts(candidate):
+                return candidate
+        raise ValueError(
+            f"setting {self.name!r}: no sample value fits {self.pattern!r}; give it a default"
+        )
 
 
 class RefreshSpec(_Model):
@@ -336,7 +356,7 @@ class ProviderSpec(_Model):
         if len(set(setting_names)) != len(setting_names):
             raise ValueError("duplicate setting names")
         declared = set(setting_names)
-        samples = {s.name: s.default or _SAMPLE_VALUE for s in self.settings}
+        samples = {s.name: s.sample() for s in self.settings}
         for field_name in TEMPLATED_FIELDS:
             template = getattr(self, field_name)
             if template is None:

@@ -276,7 +276,109 @@ def expires_in_string(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@register_hook("token_response", "scope-list")
+def scope_list(body: dict[str, Any]) -> dict[str, Any]:
+    """Providers that answer with ``scope`` as a JSON array (Twitch)."""
+    out = dict(body)
+    scope = out.get("scope")
+    if isinstance(scope, list):
+        out["scope"] = " ".join(str(s) for s in scope if isinstance(s, str) and s)
+    return out
+
+
+@register_hook("token_response", "withings-body")
+def withings_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Withings wraps every answer as ``{"status": 0, "body": {...}}``, errors with HTTP 200.
+
+    A non-zero ``status`` becomes an RFC 6749 error; a zero status unwraps ``body``. Scopes are
+    comma-separated.
+    """
+    status = body.get("status")
+    if status is None:
+        return _comma_scope_to_space(dict(body))
+    wrapped = body.get("body")
+    if status != 0 or not isinstance(wrapped, Mapping):
+        detail = body.get("error")
+        return {
+            "error": "invalid_request",
+            "error_description": str(detail) if detail else f"withings status {status}",
+            "provider_error": str(status),
+        }
+    inner = dict(wrapped)
+    if "userid" in inner and not isinstance(inner["userid"], str):
+        inner["userid"] = str(inner["userid"])
+    return _comma_scope_to_space(inner)
+
+
 # -- api_base_url hooks --------------------------------------------------------------------------
+
+
+def _https_origin(value: Any, suffixes: tuple[str, ...]) -> str | None:
+    """``https://host`` if ``value`` is an https URL (or bare host) whose host ends in a suffix.
+
+    Anything with user info, a port, a query or a fragment is refused.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    candidate = value if "://" in value else f"https://{value}"
+    parts = urlsplit(candidate)
+    host = (parts.hostname or "").lower()
+    if (
+        parts.scheme != "https"
+        or parts.port is not None
+        or "@" in parts.netloc
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+        or not any(host.endswith(suffix) for suffix in suffixes)
+    ):
+        return None
+    return f"https://{host}"
+
+
+@register_hook("api_base_url", "pipedrive-api-domain")
+def pipedrive_api_domain(token_body: dict[str, Any], base: str | None) -> str | None:
+    """Pipedrive: API calls go to the company domain sent as ``api_domain`` in token responses."""
+    origin = _https_origin(token_body.get("api_domain"), (".pipedrive.com",))
+    return base if origin is None else f"{origin}/api/v1"
+
+
+_ZOHO_API_SUFFIXES: Final[tuple[str, ...]] = tuple(
+    f".zohoapis.{tld}" for tld in ("com", "eu", "in", "com.au", "jp", "com.cn", "ca", "sa", "uk")
+)
+
+
+@register_hook("api_base_url", "zoho-crm-api-domain")
+def zoho_crm_api_domain(token_body: dict[str, Any], base: str | None) -> str | None:
+    """Zoho: the data centre's API host comes as ``api_domain`` in the token response."""
+    origin = _https_origin(token_body.get("api_domain"), _ZOHO_API_SUFFIXES)
+    return base if origin is None else f"{origin}/crm"
+
+
+@register_hook("api_base_url", "wrike-host")
+def wrike_host(token_body: dict[str, Any], base: str | None) -> str | None:
+    """Wrike: the account's data centre host comes as ``host`` in the token response."""
+    origin = _https_origin(token_body.get("host"), (".wrike.com",))
+    return base if origin is None else f"{origin}/api/v4"
+
+
+@register_hook("api_base_url", "surveymonkey-access-url")
+def surveymonkey_access_url(token_body: dict[str, Any], base: str | None) -> str | None:
+    """SurveyMonkey: the account's regional API host comes as ``access_url``."""
+    origin = _https_origin(
+        token_body.get("access_url"), (".surveymonkey.com", ".surveymonkey.ca", ".surveymonkey.eu")
+    )
+    return base if origin is None else f"{origin}/v3"
+
+
+@register_hook("api_base_url", "adobe-sign-api-access-point")
+def adobe_sign_api_access_point(token_body: dict[str, Any], base: str | None) -> str | None:
+    """Acrobat Sign: API calls go to ``api_access_point`` from the token response."""
+    origin = _https_origin(
+        token_body.get("api_access_point"), (".adobesign.com", ".echosign.com")
+    )
+    return base if origin is None else f"{origin}/api/rest/v6"
+
 
 _SALESFORCE_SUFFIXES: Final[tuple[str, ...]] = (
     ".salesforce.com",
@@ -318,7 +420,34 @@ def salesforce_instance_url(token_body: dict[str, Any], base: str | None) -> str
     return f"{instance}/services/data"
 
 
+# -- refresh_request hooks -----------------------------------------------------------------------
+
+
+@register_hook("refresh_request", "basecamp-refresh-type")
+def basecamp_refresh_type(params: dict[str, str]) -> dict[str, str]:
+    """37signals Launchpad wants ``type=refresh`` on refresh (``type=web_server`` on exchange)."""
+    out = dict(params)
+    out["type"] = "refresh"
+    return out
+
+
 # -- account_id hooks ----------------------------------------------------------------------------
+
+
+@register_hook("account_id", "etsy-user-id")
+def etsy_user_id(
+    token_body: dict[str, Any],
+    id_claims: dict[str, Any] | None,
+    userinfo: dict[str, Any] | None,
+) -> str | None:
+    """Etsy: access tokens are ``{user_id}.{secret}``; the numeric prefix is the user id."""
+    token = token_body.get("access_token")
+    if isinstance(token, str) and "." in token:
+        prefix = token.split(".", 1)[0]
+        if prefix.isdigit():
+            return prefix
+    return None
+
 
 
 @register_hook("account_id", "salesforce-identity")
