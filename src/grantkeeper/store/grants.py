@@ -22,6 +22,7 @@ __all__ = [
     "get_by_id_any_env",
     "insert_grant",
     "list_grants",
+    "oldest_due",
     "release_lease",
     "update_fenced",
     "update_grant",
@@ -134,8 +135,8 @@ async def release_lease(
 
 async def claim_due(
     conn: AsyncConnection, owner: str, now: float, until: float, limit: int
-) -> list[tuple[str, str]]:
-    """Claim up to ``limit`` grants due for proactive refresh: [(environment_id, id)].
+) -> list[tuple[str, str, int, str]]:
+    """Claim up to ``limit`` grants due for proactive refresh: [(environment_id, id, version, provider)].
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint
     sets; SQLite: the write lock taken at BEGIN serialises claimers.
@@ -157,9 +158,9 @@ async def claim_due(
         update(grants)
         .where(grants.c.id.in_(ids), due)
         .values(lease_owner=owner, lease_until=until)
-        .returning(grants.c.environment_id, grants.c.id)
+        .returning(grants.c.environment_id, grants.c.id, grants.c.version, grants.c.provider)
     )
-    return [(a, b) for a, b in r.all()]
+    return [(a, b, c, d) for a, b, c, d in r.all()]
 
 
 async def list_grants(
@@ -200,3 +201,13 @@ async def count_by_status(conn: AsyncConnection, environment_id: str) -> dict[st
 async def count_all_by_status(conn: AsyncConnection) -> dict[str, int]:
     r = await conn.execute(select(grants.c.status, func.count()).group_by(grants.c.status))
     return {s: int(n) for s, n in r.all()}
+
+
+async def oldest_due(conn: AsyncConnection) -> float | None:
+    r = await conn.execute(
+        select(func.min(grants.c.refresh_due_at)).where(
+            grants.c.status == "active", grants.c.refresh_due_at.is_not(None)
+        )
+    )
+    v = r.scalar()
+    return float(v) if v is not None else None

@@ -1,0 +1,93 @@
+"""``create_app(settings)``: the ASGI application. Nothing happens at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+from grantkeeper.api.errors import install_error_handlers
+from grantkeeper.api.middleware import AccessLog, BodyGuard
+from grantkeeper.api.routes import (
+    audit,
+    connect,
+    grants,
+    health,
+    integrations,
+    providers,
+    token,
+    webhooks,
+)
+from grantkeeper.config import Settings
+from grantkeeper.runtime import Runtime, open_runtime
+from grantkeeper.web import connect_pages
+from grantkeeper.web.pages import STATIC_DIR
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    run_worker: bool = False,
+) -> FastAPI:
+    """Build the app. With ``runtime`` given the caller owns it (tests); else the lifespan opens one."""
+    settings = settings or (runtime.settings if runtime is not None else Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or await open_runtime(settings)
+        app.state.runtime = rt
+        stop = asyncio.Event()
+        worker_task = None
+        if run_worker:
+            from grantkeeper.worker.runner import run_worker as worker_loop
+
+            worker_task = asyncio.create_task(worker_loop(rt, stop), name="grantkeeper-worker")
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker_task
+            if runtime is None:
+                await rt.close()
+
+    app = FastAPI(
+        title="grantkeeper",
+        version="1",
+        summary="Self-hosted OAuth token vault and credential broker",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(token.router)  # first: the hot path is matched before /v1/grants/{id}
+    for module in (providers, integrations, connect, grants, webhooks, audit, health):
+        app.include_router(module.router)
+    app.include_router(connect_pages.router)
+    _mount_optional(app)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _mount_optional(app: FastAPI) -> None:
+    """Routers that live in their own packages (proxy, admin UI) when present."""
+    with contextlib.suppress(ImportError):
+        from grantkeeper.proxy.routes import router as proxy_router
+
+        app.include_router(proxy_router)
+    with contextlib.suppress(ImportError):
+        from grantkeeper.web.admin import router as admin_router
+
+        app.include_router(admin_router)

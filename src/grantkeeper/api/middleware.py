@@ -1,0 +1,170 @@
+"""Pure-ASGI middleware: body limits and media types, security headers, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) so the hot path pays a function call, not a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["AccessLog", "BodyGuard"]
+
+access_log = logging.getLogger("grantkeeper.access")
+
+_BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+
+
+def _problem(status: int, code: str, title: str, detail: str) -> tuple[dict[str, Any], bytes]:
+    body = orjson.dumps(
+        {
+            "type": f"https://grantkeeper.dev/problems/{code.replace('_', '-')}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    )
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, body
+
+
+async def _send_problem(send: Send, status: int, code: str, title: str, detail: str) -> None:
+    start, body = _problem(status, code, title, detail)
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyGuard:
+    """For ``/v1`` JSON endpoints: 413 over the limit (chunked too), 415 for non-JSON bodies,
+    400 for both Content-Length and Transfer-Encoding. The proxy streams its own bodies."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not path.startswith("/v1/") or path.startswith("/v1/proxy/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        cl = headers.get(b"content-length")
+        te = headers.get(b"transfer-encoding")
+        if cl is not None and te is not None:
+            await _send_problem(
+                send, 400, "bad_request", "Bad request", "both Content-Length and Transfer-Encoding"
+            )
+            return
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                await _send_problem(
+                    send, 400, "bad_request", "Bad request", "invalid Content-Length"
+                )
+                return
+            if n > self.max_body:
+                await _send_problem(
+                    send,
+                    413,
+                    "payload_too_large",
+                    "Request body too large",
+                    f"the limit is {self.max_body} bytes",
+                )
+                return
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        has_body = te is not None or (cl is not None and cl != b"0")
+        if has_body and not (ctype == b"application/json" or ctype.endswith(b"+json")):
+            await _send_problem(
+                send,
+                415,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "send application/json",
+            )
+            return
+        received = 0
+        started = False
+        limit = self.max_body
+
+        async def guarded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_problem(
+                    send,
+                    413,
+                    "payload_too_large",
+                    "Request body too large",
+                    f"the limit is {limit} bytes",
+                )
+
+
+class AccessLog:
+    """One line per request: method, path (never the query string: it may carry a key), status, time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope["path"]
+            if path.startswith("/connect/"):
+                path = "/connect/…"  # the connect URL is a capability
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path[:200],
+                status,
+                (time.perf_counter() - t0) * 1000,
+            )

@@ -1,0 +1,1 @@
+"""The ``grantkeeper`` command line."""

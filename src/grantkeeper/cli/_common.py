@@ -1,0 +1,59 @@
+"""Shared CLI plumbing: settings that fail with one line, an async runner, JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from grantkeeper.config import Settings
+from grantkeeper.errors import GrantkeeperError
+from grantkeeper.logs import configure_logging
+
+__all__ = ["console", "err_console", "fail", "load_settings", "print_json", "run"]
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings()
+    except GrantkeeperError as exc:
+        fail(exc.detail)
+        raise  # unreachable
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        msg = str(first.get("msg", "invalid"))
+        ctx_err = (first.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, GrantkeeperError):
+            msg = ctx_err.detail
+        fail(f"GRANTKEEPER_{where.upper()}: {msg}" if where != "settings" else msg)
+        raise
+    configure_logging(settings)
+    return settings
+
+
+def run(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except GrantkeeperError as exc:
+        fail(f"{exc.detail} ({exc.code})")
+        raise
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")

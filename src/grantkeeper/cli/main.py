@@ -1,0 +1,426 @@
+"""``grantkeeper``: serve, worker, migrate, api-keys, environments, keys, providers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from grantkeeper.apikeys import SCOPES, create_key
+from grantkeeper.bootstrap import ensure_environment, initialize
+from grantkeeper.cli._common import console, err_console, fail, load_settings, print_json, run
+from grantkeeper.clock import SystemClock, iso
+from grantkeeper.store import environments as env_store
+from grantkeeper.store import keys as key_store
+from grantkeeper.store.db import create_engine
+from grantkeeper.store.migrate import upgrade
+from grantkeeper.vault import Vault, generate_key_spec, load_keyring
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="grantkeeper: OAuth token vault and credential broker.",
+)
+api_keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+environments_app = typer.Typer(no_args_is_help=True, help="Manage environments.")
+keys_app = typer.Typer(no_args_is_help=True, help="Key-encryption keys: generate, rotate.")
+providers_app = typer.Typer(no_args_is_help=True, help="The provider catalog.")
+app.add_typer(api_keys, name="api-keys")
+app.add_typer(environments_app, name="environments")
+app.add_typer(keys_app, name="keys")
+app.add_typer(providers_app, name="providers")
+
+
+def _announce_admin_key(key: str) -> None:
+    err_console.print(
+        "\n[bold yellow]An admin API key was created for the 'default' environment.[/]\n"
+        "It is shown only this once; store it now:\n",
+        highlight=False,
+    )
+    # the one place a key is printed: on the terminal, never in a log line
+    sys.stdout.write(f"GRANTKEEPER_ADMIN_KEY={key}\n\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the API only.")] = False,
+) -> None:
+    """Run the HTTP API, the web UI and (unless --no-worker) the background worker."""
+    import uvicorn
+
+    from grantkeeper.api.app import create_app
+
+    settings = load_settings()
+    load_keyring(settings)  # refuse to start without usable keys, before anything listens
+
+    async def boot() -> str | None:
+        engine = create_engine(settings)
+        try:
+            return await initialize(settings, engine)
+        finally:
+            await engine.dispose()
+
+    key = run(boot)
+    if key:
+        _announce_admin_key(key)
+    application = create_app(settings, run_worker=not no_worker)
+    err_console.print(
+        f"grantkeeper listening on http://{host}:{port} (public URL {settings.public_url})",
+        highlight=False,
+    )
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        access_log=False,  # our AccessLog never logs query strings
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+        loop="auto",
+        http="auto",
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run only the background worker (proactive refresh, webhook delivery)."""
+    from grantkeeper.runtime import open_runtime
+    from grantkeeper.worker.runner import run_worker
+
+    settings = load_settings()
+
+    async def main_loop() -> None:
+        rt = await open_runtime(settings)
+        try:
+            await initialize(settings, rt.engine)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await run_worker(rt, stop)
+        finally:
+            await rt.close()
+
+    run(main_loop)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    settings = load_settings()
+    upgrade(settings.database_url)
+    console.print("database is up to date")
+
+
+def _env_id(settings_url_env: str) -> str:
+    settings = load_settings()
+
+    async def go() -> str:
+        engine = create_engine(settings)
+        try:
+            upgrade(settings.database_url)
+            async with engine.connect() as conn:
+                env_id = await env_store.by_name(conn, settings_url_env)
+            if env_id is None and settings_url_env == "default":
+                env_id = await ensure_environment(engine, "default")
+            if env_id is None:
+                fail(f"no environment named {settings_url_env!r}")
+            assert env_id is not None
+            return env_id
+        finally:
+            await engine.dispose()
+
+    return run(go)
+
+
+@api_keys.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    scope: Annotated[
+        list[str], typer.Option(help=f"Scope (repeatable): {', '.join(sorted(SCOPES))}.")
+    ],
+    environment: Annotated[str, typer.Option(help="Environment name.")] = "default",
+    integration: Annotated[
+        list[str] | None, typer.Option(help="Limit the key to these integration ids (repeatable).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an API key; the key is printed once, here."""
+    settings = load_settings()
+    env_id = _env_id(environment)
+
+    async def go() -> tuple[str, str]:
+        engine = create_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                return await create_key(
+                    conn,
+                    environment_id=env_id,
+                    name=name,
+                    scopes=scope,
+                    integration_ids=integration or None,
+                    now=SystemClock().now(),
+                )
+        finally:
+            await engine.dispose()
+
+    key_id, key = run(go)
+    if json_out:
+        print_json({"id": key_id, "key": key})
+    else:
+        console.print(f"id: {key_id}")
+        sys.stdout.write(f"key: {key}\n")
+
+
+@api_keys.command("list")
+def api_keys_list(
+    environment: Annotated[str | None, typer.Option(help="Environment name.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API keys (never the keys themselves)."""
+    settings = load_settings()
+    env_id = _env_id(environment) if environment else None
+
+    async def go() -> list[dict[str, Any]]:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                recs = await key_store.list_keys(conn, env_id)
+                envs = {e[0]: e[1] for e in await env_store.list_all(conn)}
+            return [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "environment": envs.get(r.environment_id),
+                    "scopes": list(r.scopes),
+                    "integration_ids": list(r.integration_ids)
+                    if r.integration_ids is not None
+                    else None,
+                    "created_at": iso(r.created_at),
+                    "revoked_at": iso(r.revoked_at),
+                }
+                for r in recs
+            ]
+        finally:
+            await engine.dispose()
+
+    rows = run(go)
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("id", "name", "environment", "scopes", "revoked")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            str(r["name"]),
+            str(r["environment"]),
+            " ".join(r["scopes"]),
+            str(r["revoked_at"] or ""),
+        )
+    console.print(table)
+
+
+@api_keys.command("revoke")
+def api_keys_revoke(key_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Revoke an API key; it stops working immediately, in every process."""
+    settings = load_settings()
+
+    async def go() -> bool:
+        engine = create_engine(settings)
+        try:
+            upgrade(settings.database_url)
+            async with engine.begin() as conn:
+                return await key_store.revoke(conn, key_id, SystemClock().now())
+        finally:
+            await engine.dispose()
+
+    ok = run(go)
+    if not ok:
+        fail(f"no active API key {key_id!r}", code=1)
+    if json_out:
+        print_json({"id": key_id, "revoked": True})
+    else:
+        console.print(f"revoked {key_id}")
+
+
+@environments_app.command("create")
+def environments_create(
+    name: str, json_out: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Add an environment."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        fail("environment names are lowercase letters, digits, '-' and '_' (max 63)")
+    settings = load_settings()
+
+    async def go() -> tuple[str, bool]:
+        engine = create_engine(settings)
+        try:
+            upgrade(settings.database_url)
+            async with engine.connect() as conn:
+                existing = await env_store.by_name(conn, name)
+            if existing:
+                return existing, False
+            return await ensure_environment(engine, name), True
+        finally:
+            await engine.dispose()
+
+    env_id, created = run(go)
+    if json_out:
+        print_json({"id": env_id, "name": name, "created": created})
+    else:
+        console.print(f"{'created' if created else 'exists'}: {name} ({env_id})")
+
+
+@environments_app.command("list")
+def environments_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List environments."""
+    settings = load_settings()
+
+    async def go() -> list[tuple[str, str, float]]:
+        engine = create_engine(settings)
+        try:
+            upgrade(settings.database_url)
+            async with engine.connect() as conn:
+                return await env_store.list_all(conn)
+        finally:
+            await engine.dispose()
+
+    rows = run(go)
+    if json_out:
+        print_json([{"id": i, "name": n, "created_at": iso(c)} for i, n, c in rows])
+        return
+    table = Table("name", "id", "created")
+    for i, n, c in rows:
+        table.add_row(n, i, iso(c) or "")
+    console.print(table)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    key_id: Annotated[str, typer.Argument(help="An id for the new key, e.g. k2026a.")] = "k1",
+) -> None:
+    """Print a new key-encryption key entry for GRANTKEEPER_MASTER_KEYS."""
+    sys.stdout.write(generate_key_spec(key_id) + "\n")
+
+
+@keys_app.command("rotate")
+def keys_rotate(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Re-wrap every data key under the first key of GRANTKEEPER_MASTER_KEYS (online, resumable)."""
+    from grantkeeper.rotation import count_pending, rotate
+
+    settings = load_settings()
+    vault = Vault(load_keyring(settings))
+
+    async def go() -> dict[str, int]:
+        engine = create_engine(settings)
+        try:
+            upgrade(settings.database_url)
+            total = await count_pending(engine, vault)
+            with Progress(console=err_console, transient=json_out) as progress:
+                task = progress.add_task(
+                    f"re-wrapping under {vault.primary_key_id}", total=max(total, 1)
+                )
+                report = await rotate(engine, vault, progress=lambda n: progress.advance(task, n))
+            return {
+                "examined": report.examined,
+                "rewrapped": report.rewrapped,
+                "changed_meanwhile": report.skipped_changed,
+            }
+        finally:
+            await engine.dispose()
+
+    result = run(go)
+    if json_out:
+        print_json({"primary_key_id": vault.primary_key_id, **result})
+    else:
+        console.print(
+            f"rows examined: {result['examined']}, re-wrapped: {result['rewrapped']} (primary key {vault.primary_key_id})"
+        )
+
+
+@providers_app.command("list")
+def providers_list(
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    q: Annotated[str | None, typer.Option(help="Search text.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List catalog providers."""
+    from grantkeeper.providers import load_catalog
+
+    specs = load_catalog().search(q, category)
+    if json_out:
+        print_json(
+            [
+                {
+                    "name": s.name,
+                    "display_name": s.display_name,
+                    "auth_mode": s.auth_mode,
+                    "categories": list(s.categories),
+                }
+                for s in specs
+            ]
+        )
+        return
+    table = Table("name", "display name", "auth", "categories")
+    for s in specs:
+        table.add_row(s.name, s.display_name, s.auth_mode, ", ".join(s.categories))
+    console.print(table)
+
+
+@providers_app.command("show")
+def providers_show(name: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one provider with its quirks and sources."""
+    from grantkeeper.errors import UnknownProvider
+    from grantkeeper.providers import load_catalog
+
+    try:
+        spec = load_catalog().get(name)
+    except UnknownProvider:
+        fail(f"unknown provider {name!r}", code=1)
+        return
+    data = spec.model_dump(mode="json")
+    if json_out:
+        print_json(data)
+        return
+    console.print(
+        f"[bold]{spec.display_name}[/] ({spec.name}) - {spec.auth_mode}; docs: {spec.docs_url}"
+    )
+    for field in (
+        "authorization_url",
+        "token_url",
+        "revocation_url",
+        "userinfo_url",
+        "api_base_url",
+    ):
+        if data.get(field):
+            console.print(f"  {field}: {data[field]}")
+    for quirk in spec.quirks:
+        console.print(f"  - [yellow]{quirk.id}[/]: {quirk.description} ({quirk.source})")
+
+
+def _register_operator_commands() -> None:
+    """The operator commands (grants, integrations, webhooks, audit) live in their own module."""
+    import importlib
+
+    try:
+        operator = importlib.import_module("grantkeeper.cli.operator")
+    except ImportError:
+        return
+    operator.register(app)
+
+
+def main() -> None:
+    _register_operator_commands()
+    app()

@@ -1,0 +1,1 @@
+"""Server-rendered pages: the end user's Connect pages and the admin UI."""

@@ -1,0 +1,97 @@
+"""The end user's side of the dance: ``/connect/{token}`` and ``/oauth/callback``.
+
+No API key here: the unguessable connect URL is the capability. Failures that
+may be tampering (bad state, issuer mix-up, bad ID token) get a 400 page and
+nothing else; a provider error goes back to the app with ``status=error``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from starlette.responses import RedirectResponse, Response
+
+from grantkeeper import connect
+from grantkeeper.errors import ConnectError, GrantkeeperError, InvalidState
+from grantkeeper.runtime import Runtime
+from grantkeeper.web.pages import PAGE_HEADERS, Templates
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+_templates = Templates()
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def _redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=302, headers=PAGE_HEADERS)
+
+
+def _error_page(exc: GrantkeeperError, *, back_url: str | None = None) -> Response:
+    heading = (
+        "This link has expired"
+        if exc.extra.get("expired")
+        else "The connection could not be completed"
+    )
+    message = (
+        exc.detail
+        if isinstance(exc, ConnectError)
+        else "Something went wrong while connecting your account."
+    )
+    return _templates.render(
+        "error.html",
+        status=exc.status if 400 <= exc.status < 500 else 400,
+        heading=heading,
+        message=message,
+        back_url=back_url,
+    )
+
+
+@router.get("/connect/{url_token}")
+async def connect_page(request: Request, url_token: str) -> Response:
+    rt = _rt(request)
+    try:
+        sess, resolved = await connect.load_for_page(rt, url_token)
+        integ = resolved.record
+        if integ.connect_page and request.query_params.get("continue") != "1":
+            scopes = list(sess.scopes) if sess.scopes is not None else list(integ.scopes)
+            return _templates.render(
+                "connect.html",
+                app_name=integ.display_name or integ.id,
+                provider_name=resolved.spec.display_name,
+                scopes=scopes or list(resolved.spec.default_scopes),
+                continue_url=f"/connect/{url_token}",
+                cancel_url=connect.with_query(
+                    sess.return_to,
+                    {"status": "error", "error": "access_denied", "connect_session_id": sess.id},
+                ),
+            )
+        result = await connect.begin(rt, url_token)
+    except InvalidState as exc:
+        back = exc.extra.get("return_to")
+        return _error_page(exc, back_url=back if isinstance(back, str) else None)
+    except GrantkeeperError as exc:
+        log.warning("connect page failed: %s", exc.code)
+        return _error_page(exc)
+    return _redirect(result.authorize_url)
+
+
+@router.get("/oauth/callback")
+async def oauth_callback(request: Request) -> Response:
+    rt = _rt(request)
+    try:
+        outcome = await connect.complete(rt, list(request.query_params.multi_items()))
+    except ConnectError as exc:
+        log.info("oauth callback refused: %s", exc.code)
+        return _error_page(exc)
+    except GrantkeeperError as exc:
+        log.warning("oauth callback failed: %s", exc.code)
+        return _error_page(exc)
+    return _redirect(outcome.redirect_to)

@@ -1,0 +1,1 @@
+"""The background worker: proactive refresh, webhook delivery, housekeeping."""

@@ -1,0 +1,60 @@
+"""The worker loop, run inside ``serve`` or alone by ``grantkeeper worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from grantkeeper.refresh.scheduler import refresh_due
+from grantkeeper.runtime import Runtime
+from grantkeeper.store import grants as grant_store
+from grantkeeper.store.db import reading
+from grantkeeper.store.housekeeping import purge_expired
+from grantkeeper.webhooks.dispatcher import deliver_due
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+async def _loop(
+    name: str, stop: asyncio.Event, interval: float, step: Callable[[], Awaitable[int]]
+) -> None:
+    while not stop.is_set():
+        busy = 0
+        try:
+            busy = await step()
+        except Exception as exc:  # noqa: BLE001 - keep the worker alive; the next pass retries
+            log.error("worker %s pass failed: %s", name, type(exc).__name__)
+        if busy:
+            continue  # more may be waiting
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
+    s = rt.settings
+
+    async def refresh_step() -> int:
+        n = await refresh_due(rt)
+        async with reading(rt.engine) as conn:
+            oldest = await grant_store.oldest_due(conn)
+        rt.metrics.due_lag.set(max(rt.clock.now() - oldest, 0.0) if oldest is not None else 0.0)
+        return n
+
+    async def webhook_step() -> int:
+        return await deliver_due(rt)
+
+    async def housekeeping_step() -> int:
+        async with rt.engine.begin() as conn:
+            await purge_expired(conn, rt.clock.now())
+        return 0
+
+    log.info("worker started (%s)", rt.instance_id)
+    await asyncio.gather(
+        _loop("refresh", stop, s.worker_interval, refresh_step),
+        _loop("webhooks", stop, s.worker_interval, webhook_step),
+        _loop("housekeeping", stop, 60.0, housekeeping_step),
+    )
