@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.oidc"]
+pytest_plugins = ["tests.support.oidc", "tests.support.gk"]

@@ -1,0 +1,3 @@
+from grantkeeper.cli.main import main
+
+main()
