@@ -221,8 +221,18 @@ class Setting(_Model):
         return self
 
     def accepts(self, value: str) -> bool:
-        """True when ``value`` fully matches the pattern and is URL-safe."""
-        return bool(re.fullmatch(self.pattern, value)) and bool(_SAFE_VALUE.fullmatch(value))
+        """True when ``value`` fully matches the pattern and is URL-safe.
+
+        Whatever the pattern, a value is only ``[A-Za-z0-9._-]`` and never starts or ends with a
+        dot or holds ``..``: it cannot add a path, query, port or user info, nor walk up a path.
+        """
+        return (
+            bool(_SAFE_VALUE.fullmatch(value))
+            and ".." not in value
+            and not value.startswith(".")
+            and not value.endswith(".")
+            and bool(re.fullmatch(self.pattern, value))
+        )
 
     @property
     def required(self) -> bool:

@@ -137,6 +137,40 @@ def _map_error(body: dict[str, Any], mapping: Mapping[str, str]) -> dict[str, An
     return body
 
 
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def _https_origin(value: Any, suffixes: tuple[str, ...], *, bare_host: bool = True) -> str | None:
+    """``https://host`` if ``value`` is an https URL (or, with ``bare_host``, a bare host name)
+    whose host ends in one of ``suffixes``; None otherwise.
+
+    Anything with user info, a port, a path, a query or a fragment is refused.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    if "://" not in value:
+        if not bare_host:
+            return None
+        value = f"https://{value}"
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unbalanced "[" (invalid IPv6 literal)
+        return None
+    host = parts.netloc.lower()
+    if (
+        parts.scheme != "https"
+        or not host
+        or not set(host) <= _HOST_CHARS
+        or ".." in host
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+        or not host.endswith(suffixes)
+    ):
+        return None
+    return f"https://{host}"
+
+
 # -- the four entry points used by the flow, the refresh engine and the proxy ------------------
 
 
@@ -265,17 +299,6 @@ def comma_scope(body: dict[str, Any]) -> dict[str, Any]:
     return _comma_scope_to_space(dict(body))
 
 
-@register_hook("token_response", "expires-in-string")
-def expires_in_string(body: dict[str, Any]) -> dict[str, Any]:
-    """Providers that send ``expires_in`` (or ``refresh_token_expires_in``) as a string."""
-    out = dict(body)
-    for key in ("expires_in", "refresh_token_expires_in"):
-        value = out.get(key)
-        if isinstance(value, str) and value.strip().isdigit():
-            out[key] = int(value.strip())
-    return out
-
-
 @register_hook("token_response", "scope-list")
 def scope_list(body: dict[str, Any]) -> dict[str, Any]:
     """Providers that answer with ``scope`` as a JSON array (Twitch)."""
@@ -311,29 +334,6 @@ def withings_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- api_base_url hooks --------------------------------------------------------------------------
-
-
-def _https_origin(value: Any, suffixes: tuple[str, ...]) -> str | None:
-    """``https://host`` if ``value`` is an https URL (or bare host) whose host ends in a suffix.
-
-    Anything with user info, a port, a query or a fragment is refused.
-    """
-    if not isinstance(value, str) or not value:
-        return None
-    candidate = value if "://" in value else f"https://{value}"
-    parts = urlsplit(candidate)
-    host = (parts.hostname or "").lower()
-    if (
-        parts.scheme != "https"
-        or parts.port is not None
-        or "@" in parts.netloc
-        or parts.path not in {"", "/"}
-        or parts.query
-        or parts.fragment
-        or not any(host.endswith(suffix) for suffix in suffixes)
-    ):
-        return None
-    return f"https://{host}"
 
 
 @register_hook("api_base_url", "pipedrive-api-domain")
@@ -374,9 +374,7 @@ def surveymonkey_access_url(token_body: dict[str, Any], base: str | None) -> str
 @register_hook("api_base_url", "adobe-sign-api-access-point")
 def adobe_sign_api_access_point(token_body: dict[str, Any], base: str | None) -> str | None:
     """Acrobat Sign: API calls go to ``api_access_point`` from the token response."""
-    origin = _https_origin(
-        token_body.get("api_access_point"), (".adobesign.com", ".echosign.com")
-    )
+    origin = _https_origin(token_body.get("api_access_point"), (".adobesign.com", ".echosign.com"))
     return base if origin is None else f"{origin}/api/rest/v6"
 
 
@@ -390,22 +388,7 @@ _SALESFORCE_SUFFIXES: Final[tuple[str, ...]] = (
 
 
 def _salesforce_instance(token_body: Mapping[str, Any]) -> str | None:
-    instance = token_body.get("instance_url")
-    if not isinstance(instance, str):
-        return None
-    parts = urlsplit(instance)
-    host = (parts.hostname or "").lower()
-    if (
-        parts.scheme != "https"
-        or parts.port is not None
-        or "@" in parts.netloc
-        or parts.path not in {"", "/"}
-        or parts.query
-        or parts.fragment
-        or not host.endswith(_SALESFORCE_SUFFIXES)
-    ):
-        return None
-    return f"https://{host}"
+    return _https_origin(token_body.get("instance_url"), _SALESFORCE_SUFFIXES, bare_host=False)
 
 
 @register_hook("api_base_url", "salesforce-instance-url")
@@ -449,7 +432,6 @@ def etsy_user_id(
     return None
 
 
-
 @register_hook("account_id", "salesforce-identity")
 def salesforce_identity(
     token_body: dict[str, Any],
@@ -462,7 +444,11 @@ def salesforce_identity(
     """
     identity = token_body.get("id")
     if isinstance(identity, str):
-        segments = [s for s in urlsplit(identity).path.split("/") if s]
+        try:
+            path = urlsplit(identity).path
+        except ValueError:
+            path = ""
+        segments = [s for s in path.split("/") if s]
         if len(segments) >= 3 and segments[-3] == "id":
             return f"{segments[-2]}/{segments[-1]}"
     if id_claims is not None:
@@ -471,24 +457,6 @@ def salesforce_identity(
         if org and user:
             return f"{org}/{user}"
     return None
-
-
-@register_hook("account_id", "microsoft-tenant-object")
-def microsoft_tenant_object(
-    token_body: dict[str, Any],
-    id_claims: dict[str, Any] | None,
-    userinfo: dict[str, Any] | None,
-) -> str | None:
-    """Microsoft identity platform: the user is identified by ``tid`` + ``oid``.
-
-    ``oid`` is unique only within a tenant; with the ``common`` tenant the same ``oid`` format
-    is used in every tenant, so the account id is ``{tid}/{oid}``. Falls back to ``sub``.
-    """
-    claims = id_claims or {}
-    tid, oid = _as_id(claims.get("tid")), _as_id(claims.get("oid"))
-    if tid and oid:
-        return f"{tid}/{oid}"
-    return _as_id(claims.get("sub")) or _as_id((userinfo or {}).get("sub"))
 
 
 @register_hook("account_id", "slack-team-user")
