@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -139,6 +140,16 @@ async def ensure_fresh(
                 "description": "no refresh token was issued",
                 "at": None,
             },
+        )
+    if not force and rec.retry_at is not None and rec.retry_at > now:
+        # the provider failed recently: back off instead of calling it on every request
+        if rec.access_token_ct is not None and (
+            rec.access_token_expires_at is None or rec.access_token_expires_at > now + 1
+        ):
+            return rec
+        raise ProviderUnavailable(
+            "the provider failed recently; retrying later",
+            retry_after=math.ceil(rec.retry_at - now),
         )
     try:
         return await refresh(
