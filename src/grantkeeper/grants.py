@@ -125,8 +125,10 @@ def token_columns(
     """
     v = rt.vault
     refresh_token = tokens.refresh_token or previous_refresh_token
-    if tokens.expires_in is not None:
-        expires_at: float | None = now + tokens.expires_in
+    if not tokens.access_token:
+        expires_at: float | None = None
+    elif tokens.expires_in is not None:
+        expires_at = now + tokens.expires_in
     elif id_token_exp is not None:
         expires_at = id_token_exp
     elif (
@@ -155,7 +157,8 @@ def token_columns(
         return v.seal(value, token_aad(environment_id, grant_id, field, version))
 
     columns = {
-        "access_token_ct": seal("access_token", tokens.access_token),
+        # an import without an access token stores none: the first read refreshes
+        "access_token_ct": seal("access_token", tokens.access_token or None),
         "refresh_token_ct": seal("refresh_token", refresh_token),
         "id_token_ct": seal("id_token", tokens.id_token),
         "token_type": tokens.token_type[:40],

@@ -20,6 +20,7 @@ from grantkeeper.providers.quirks import (
     resolve_account_id,
 )
 from grantkeeper.runtime import Runtime
+from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
 from grantkeeper.store.records import GrantRecord
 
@@ -100,16 +101,8 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
             via="import",
         )
         if not tokens.access_token:
-            # no usable access token: store none, and make the first read refresh
-            from grantkeeper.store import grants as grant_store
-
+            # nothing to serve yet: let the worker (or the first read) refresh at once
             await grant_store.update_grant(
-                conn,
-                rec.environment_id,
-                rec.id,
-                {"access_token_ct": None, "access_token_expires_at": None, "refresh_due_at": now},
+                conn, rec.environment_id, rec.id, {"refresh_due_at": now}
             )
-            fresh = await grant_store.get(conn, rec.environment_id, rec.id)
-            assert fresh is not None
-            rec = fresh
     return rec

@@ -41,6 +41,7 @@ async def list_events(
     environment_id: str,
     *,
     grant_id: str | None = None,
+    integration_ids: frozenset[str] | None = None,
     limit: int = 50,
     offset: int = 0,
     after_id: int | None = None,
@@ -48,6 +49,9 @@ async def list_events(
     q = select(audit_events).where(audit_events.c.environment_id == environment_id)
     if grant_id is not None:
         q = q.where(audit_events.c.grant_id == grant_id)
+    if integration_ids is not None:
+        # a key limited to some integrations sees only their events
+        q = q.where(audit_events.c.integration_id.in_(sorted(integration_ids)))
     if after_id is not None:
         q = q.where(audit_events.c.id > after_id).order_by(audit_events.c.id)
     else:

@@ -37,7 +37,12 @@ async def list_events(
     principal.require("audit:read")
     async with reading(rt.engine) as conn:
         rows, more = await store.list_events(
-            conn, principal.environment_id, grant_id=grant_id, limit=limit, offset=offset
+            conn,
+            principal.environment_id,
+            grant_id=grant_id,
+            integration_ids=principal.integration_ids,
+            limit=limit,
+            offset=offset,
         )
     return {
         "data": [event_view(r) for r in rows],
