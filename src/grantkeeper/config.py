@@ -101,9 +101,15 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1, le=100)
     webhook_tolerance: int = Field(default=300, ge=1)
+    #: first retry delay of a failed delivery; doubles per attempt up to an hour
+    webhook_retry_base: float = Field(default=5.0, gt=0)
 
+    #: the proxy: seconds until the provider's response headers (and between body reads)
     proxy_timeout: float = Field(default=30.0, gt=0)
     proxy_max_response_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    #: the largest request body the proxy forwards (413 beyond it); bodies up to 1 MiB are
+    #: buffered so a call can be replayed after a 401, larger ones stream through once
+    proxy_max_request_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
 
     #: per API key, requests per second (token, proxy, connect session endpoints); 0 disables
     rate_limit_per_second: float = Field(default=0.0, ge=0)

@@ -148,6 +148,7 @@ def server_env(db: Database, port: int, tmp: Path, **overrides: str) -> dict[str
         GRANTKEEPER_REFRESH_LEASE_SECONDS="10",
         GRANTKEEPER_REFRESH_WAIT_TIMEOUT="15",
         GRANTKEEPER_REFRESH_MIN_INTERVAL="0",
+        GRANTKEEPER_WEBHOOK_RETRY_BASE="0.3",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)

@@ -26,9 +26,9 @@ __all__ = ["deliver_due", "retry_delay"]
 log = logging.getLogger(__name__)
 
 
-def retry_delay(attempts: int) -> float:
-    """5 s, 10 s, 20 s ... capped at 1 hour, with jitter."""
-    base = min(3600.0, 5.0 * (2 ** max(attempts - 1, 0)))
+def retry_delay(attempts: int, base_delay: float = 5.0) -> float:
+    """5 s, 10 s, 20 s ... (from ``base_delay``) capped at 1 hour, with jitter."""
+    base = min(3600.0, base_delay * (2 ** max(attempts - 1, 0)))
     return float(base * random.uniform(0.8, 1.2))
 
 
@@ -84,7 +84,7 @@ async def _attempt(rt: Runtime, d: dict[str, Any]) -> None:
     elif attempts >= s.webhook_max_attempts:
         state = "failed"
     else:
-        state, next_at = "pending", now + retry_delay(attempts)
+        state, next_at = "pending", now + retry_delay(attempts, s.webhook_retry_base)
     if error is None and not ok:
         error = f"HTTP {status}"
     async with rt.engine.begin() as conn:
