@@ -141,6 +141,17 @@ async def ensure_fresh(
                 "at": None,
             },
         )
+    still_valid = rec.access_token_ct is not None and (
+        rec.access_token_expires_at is None or rec.access_token_expires_at > now + 1
+    )
+    if (
+        not force
+        and still_valid
+        and rec.last_refreshed_at is not None
+        and now - rec.last_refreshed_at < rt.settings.refresh_min_interval
+    ):
+        # per-grant budget: a token minted moments ago is the best there is
+        return rec
     if not force and rec.retry_at is not None and rec.retry_at > now:
         # the provider failed recently: back off instead of calling it on every request
         if rec.access_token_ct is not None and (
