@@ -265,3 +265,17 @@ def test_kill_mid_refresh_leaves_no_stuck_grant(backend: str, tmp_path: Path, oi
                 assert status in ("active", "invalid")
         finally:
             restarted.stop()
+
+
+def test_refresh_budget_limits_refreshes_unless_forced(tmp_path: Path, oidc: OidcServer) -> None:
+    with running_server("sqlite", tmp_path, worker=False, GRANTKEEPER_REFRESH_MIN_INTERVAL="30") as gk:
+        oidc.set_ttl(AccessToken=3)
+        setup_oidc_integration(gk, oidc)
+        gid = connect_grant(gk, oidc, "acme", "u-budget")
+        time.sleep(1.8)  # 1.2 s left: less than half the lifetime, still valid
+        before = refreshes(oidc)
+        with gk.client() as c:
+            assert c.post(f"/v1/grants/{gid}/token", json={}).status_code == 200
+            assert refreshes(oidc) == before, "refreshed moments ago: served as is"
+            assert c.post(f"/v1/grants/{gid}/token", json={"force_refresh": True}).status_code == 200
+            assert refreshes(oidc) == before + 1
