@@ -269,10 +269,10 @@ def test_kill_mid_refresh_leaves_no_stuck_grant(backend: str, tmp_path: Path, oi
 
 def test_refresh_budget_limits_refreshes_unless_forced(tmp_path: Path, oidc: OidcServer) -> None:
     with running_server("sqlite", tmp_path, worker=False, GRANTKEEPER_REFRESH_MIN_INTERVAL="30") as gk:
-        oidc.set_ttl(AccessToken=3)
+        oidc.set_ttl(AccessToken=8)
         setup_oidc_integration(gk, oidc)
         gid = connect_grant(gk, oidc, "acme", "u-budget")
-        time.sleep(1.8)  # 1.2 s left: less than half the lifetime, still valid
+        time.sleep(4.5)  # under 3.5 s left: less than half the lifetime, still valid
         before = refreshes(oidc)
         with gk.client() as c:
             assert c.post(f"/v1/grants/{gid}/token", json={}).status_code == 200
