@@ -461,9 +461,13 @@ async def _id_claims(
     async def jwks(force: bool) -> dict[str, Any]:
         return await rt.discovery.jwks(jwks_uri, force=force)
 
+    issuers: tuple[str, ...] = (resolved.issuer,)
+    if any(q.id == "issuer-with-or-without-scheme" for q in resolved.spec.quirks):
+        # the provider documents ID tokens whose iss is the bare host (Google)
+        issuers += (resolved.issuer.removeprefix("https://"),)
     claims = await validate_id_token(
         tokens.id_token,
-        issuer=resolved.issuer,
+        issuers=issuers,
         client_id=resolved.client.client_id,
         nonce=None,
         now=rt.clock.now(),

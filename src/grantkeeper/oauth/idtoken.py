@@ -31,7 +31,7 @@ ALLOWED_ALGS = (
 async def validate_id_token(
     id_token: str,
     *,
-    issuer: str,
+    issuers: tuple[str, ...],
     client_id: str,
     nonce: str | None,
     now: float,
@@ -57,7 +57,7 @@ async def validate_id_token(
     if token is None:
         raise InvalidIdToken("ID token signature does not verify")
     claims = dict(token.claims)
-    if claims.get("iss") != issuer:
+    if claims.get("iss") not in issuers:
         raise InvalidIdToken("ID token issuer mismatch")
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
