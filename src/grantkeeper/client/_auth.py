@@ -29,9 +29,16 @@ __all__ = ["AsyncGrantAuth", "GrantAuth"]
 
 
 class _TokenCache:
-    """The current token and its expiry on the monotonic clock."""
+    """The current token and its expiry on the monotonic clock.
 
-    __slots__ = ("min_ttl", "clock", "token", "deadline")
+    A token is fresh while more than ``min_ttl`` seconds remain, or half of the
+    lifetime it had when we received it if that is less: the vault never
+    promises more than half a token's lifetime, so asking it again earlier
+    would only return the same token (a vault call per request for tokens
+    that live shorter than ``min_ttl``).
+    """
+
+    __slots__ = ("min_ttl", "clock", "token", "deadline", "threshold")
 
     def __init__(self, min_ttl: int, clock: Callable[[], float]) -> None:
         if min_ttl < 0:
@@ -40,13 +47,14 @@ class _TokenCache:
         self.clock = clock
         self.token: AccessToken | None = None
         self.deadline: float | None = None
+        self.threshold: float = float(min_ttl)
 
     def fresh(self) -> AccessToken | None:
         """The cached token if it stays valid for more than ``min_ttl`` seconds."""
         token = self.token
         if token is None:
             return None
-        if self.deadline is not None and self.deadline - self.clock() <= self.min_ttl:
+        if self.deadline is not None and self.deadline - self.clock() <= self.threshold:
             return None
         return token
 
@@ -60,6 +68,9 @@ class _TokenCache:
         else:
             # No expiry known: use it until the provider answers 401.
             self.deadline = None
+        self.threshold = float(self.min_ttl)
+        if self.deadline is not None:
+            self.threshold = min(self.threshold, max(self.deadline - now, 0.0) / 2)
         self.token = token
 
     def clear(self) -> None:

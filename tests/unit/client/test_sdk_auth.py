@@ -88,9 +88,9 @@ def test_gives_up_after_one_retry(
 def test_refetches_near_expiry(client: Client, vault: FakeVault, grant_id: str) -> None:
     now = [1000.0]
     auth = GrantAuth(client, grant_id, min_ttl=60, clock=lambda: now[0])
-    vault.token_lifetime = 100
+    vault.token_lifetime = 200
     assert auth.get_token().access_token == "at-1"
-    now[0] += 39  # 61 s left: still fresh
+    now[0] += 139  # 61 s left: still fresh
     assert auth.get_token().access_token == "at-1"
     assert len(vault.token_calls) == 1
     now[0] += 1  # 60 s left: within min_ttl
@@ -119,9 +119,29 @@ def test_expiry_from_expires_at_when_no_expires_in(
             },
         )
     )
-    auth = client.auth(grant_id, min_ttl=60)
+    now = [1000.0]
+    auth = GrantAuth(client, grant_id, min_ttl=60, clock=lambda: now[0])
     assert auth.get_token().access_token == "short"
-    assert auth.get_token().access_token == "at-1"  # 30 s left < 60: fetched again
+    # 30 s left, shorter than min_ttl: the vault could not do better, so it is
+    # used until half its lifetime is gone
+    assert auth.get_token().access_token == "short"
+    now[0] += 16  # 14 s left
+    assert auth.get_token().access_token == "at-1"
+
+
+def test_short_lived_tokens_are_cached_for_half_their_lifetime(
+    client: Client, vault: FakeVault, grant_id: str
+) -> None:
+    now = [1000.0]
+    auth = GrantAuth(client, grant_id, min_ttl=300, clock=lambda: now[0])
+    vault.token_lifetime = 60
+    assert auth.get_token().access_token == "at-1"
+    now[0] += 29
+    assert auth.get_token().access_token == "at-1"
+    assert len(vault.token_calls) == 1
+    now[0] += 1
+    auth.get_token()
+    assert len(vault.token_calls) == 2
 
 
 def test_no_expiry_is_cached_until_401(client: Client, vault: FakeVault, grant_id: str) -> None:
