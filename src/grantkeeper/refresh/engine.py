@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from grantkeeper import audit, events
+from grantkeeper.clock import iso
 from grantkeeper.errors import (
     GrantInvalid,
     GrantRevoked,
@@ -80,15 +81,9 @@ def raise_for_status(rec: GrantRecord) -> None:
             failure={
                 "code": rec.failure_code,
                 "description": rec.failure_description,
-                "at": _iso(rec.failed_at),
+                "at": iso(rec.failed_at),
             },
         )
-
-
-def _iso(ts: float | None) -> str | None:
-    from grantkeeper.clock import iso
-
-    return iso(ts)
 
 
 def _usable(rec: GrantRecord, now: float, min_ttl: float) -> bool:
