@@ -1,15 +1,48 @@
-"""Audit events: append-only; the hash chain is filled by ``audit.seal_chain``."""
+"""Audit events: append-only; the hash chain is filled by ``auditchain.seal``.
+
+Appending never touches the chain, so the hot path (every token handed out is
+audited) never serialises on it; the sealer links events afterwards, in id order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.store.tables import audit_events
 
-__all__ = ["append", "list_events"]
+__all__ = [
+    "append",
+    "chain_head",
+    "event_with_hash",
+    "events_after",
+    "last_sealed_id",
+    "list_events",
+    "lock_sealer",
+    "set_links",
+]
+
+#: pg_advisory_xact_lock key of the sealer ("gk-audit" in ASCII)
+_SEALER_LOCK = 0x676B2D6175646974
+
+#: detail keys that would mean a secret is being written to the audit log (a programming
+#: error); the audit trail correlates tokens by grant generation, never by value
+_FORBIDDEN_DETAIL_KEYS = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "token",
+        "client_secret",
+        "authorization_code",
+        "code_verifier",
+        "api_key",
+        "password",
+    }
+)
 
 
 async def append(
@@ -23,6 +56,10 @@ async def append(
     integration_id: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
+    if detail and not _FORBIDDEN_DETAIL_KEYS.isdisjoint(detail):
+        raise ValueError(
+            f"audit detail must not carry secrets: {sorted(_FORBIDDEN_DETAIL_KEYS & set(detail))}"
+        )
     await conn.execute(
         insert(audit_events).values(
             environment_id=environment_id,
@@ -59,3 +96,81 @@ async def list_events(
     q = q.limit(limit + 1).offset(offset)
     rows = [dict(m) for m in (await conn.execute(q)).mappings().all()]
     return rows[:limit], len(rows) > limit
+
+
+# ---------------------------------------------------------------- the chain
+
+
+async def lock_sealer(conn: AsyncConnection) -> bool:
+    """Only one sealer at a time: a transaction-scoped advisory lock on PostgreSQL.
+
+    On SQLite the sealing transaction's ``BEGIN IMMEDIATE`` already excludes other writers.
+    """
+    if conn.dialect.name != "postgresql":
+        return True
+    got = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SEALER_LOCK})
+    return bool(got)
+
+
+async def last_sealed_id(conn: AsyncConnection) -> int:
+    """The highest sealed event id (a backwards scan over the short unsealed tail)."""
+    got = await conn.scalar(
+        select(audit_events.c.id)
+        .where(audit_events.c.hash.is_not(None))
+        .order_by(audit_events.c.id.desc())
+        .limit(1)
+    )
+    return int(got) if got is not None else 0
+
+
+async def chain_head(conn: AsyncConnection, environment_id: str) -> tuple[int, str] | None:
+    """(id, hash) of the environment's newest sealed event."""
+    row = (
+        await conn.execute(
+            select(audit_events.c.id, audit_events.c.hash)
+            .where(
+                audit_events.c.environment_id == environment_id,
+                audit_events.c.hash.is_not(None),
+            )
+            .order_by(audit_events.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    return (int(row[0]), str(row[1])) if row is not None else None
+
+
+async def events_after(
+    conn: AsyncConnection,
+    after_id: int,
+    limit: int,
+    *,
+    environment_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Events with id > ``after_id`` in id order (all environments unless one is named)."""
+    q = select(audit_events).where(audit_events.c.id > after_id)
+    if environment_id is not None:
+        q = q.where(audit_events.c.environment_id == environment_id)
+    q = q.order_by(audit_events.c.id).limit(limit)
+    return [dict(m) for m in (await conn.execute(q)).mappings().all()]
+
+
+async def event_with_hash(conn: AsyncConnection, environment_id: str, h: str) -> int | None:
+    """Which event carries seal ``h`` (only asked after a broken link: a full scan is fine)."""
+    got = await conn.scalar(
+        select(audit_events.c.id)
+        .where(audit_events.c.environment_id == environment_id, audit_events.c.hash == h)
+        .limit(1)
+    )
+    return int(got) if got is not None else None
+
+
+async def set_links(conn: AsyncConnection, links: Sequence[tuple[int, str, str]]) -> None:
+    """Store (id, prev_hash, hash); only on events not sealed yet (never re-seals)."""
+    if not links:
+        return
+    stmt = (
+        update(audit_events)
+        .where(audit_events.c.id == bindparam("b_id"), audit_events.c.hash.is_(None))
+        .values(prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"))
+    )
+    await conn.execute(stmt, [{"b_id": i, "b_prev": p, "b_hash": h} for i, p, h in links])

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from grantkeeper.auditchain import Sealer
 from grantkeeper.refresh.scheduler import refresh_due
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as grant_store
@@ -52,9 +53,16 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
             await purge_expired(conn, rt.clock.now())
         return 0
 
+    sealer = Sealer(rt.vault)
+
+    async def audit_chain_step() -> int:
+        # links audit events into the tamper-evident chain, off the request path
+        return await sealer.step(rt.engine, rt.clock.now())
+
     log.info("worker started (%s)", rt.instance_id)
     await asyncio.gather(
         _loop("refresh", stop, s.worker_interval, refresh_step),
         _loop("webhooks", stop, s.worker_interval, webhook_step),
         _loop("housekeeping", stop, 60.0, housekeeping_step),
+        _loop("audit-chain", stop, s.worker_interval, audit_chain_step),
     )

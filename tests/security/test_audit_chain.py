@@ -1,0 +1,281 @@
+"""The tamper-evident audit log (issue 8.3; SECURITY.md P7 and Vault's "audit before the secret").
+
+The server writes events; the sealer links them; ``grantkeeper audit verify`` must name the
+first broken link after an event is edited, deleted or reordered, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.gk import Server, master_key, running_server
+
+from grantkeeper.auditchain import GENESIS, Sealer, seal, verify
+from grantkeeper.config import Settings
+from grantkeeper.store.db import create_engine
+from grantkeeper.store.tables import audit_events
+from grantkeeper.vault import Keyring, Vault
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[AsyncEngine], Awaitable[T]], url: str) -> T:
+    """With grantkeeper's own engine (SQLite: BEGIN IMMEDIATE transactions, as in production)."""
+
+    async def go() -> T:
+        engine = create_engine(Settings(database_url=url, master_keys=SecretStr(master_key())))
+        try:
+            return await fn(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _vault(server: Server) -> Vault:
+    return Vault(Keyring.parse(server.env["GRANTKEEPER_MASTER_KEYS"]))
+
+
+def _make_events(server: Server, n: int = 6) -> None:
+    with server.client() as c:
+        for i in range(n):
+            r = c.put(
+                f"/v1/integrations/int-{i}",
+                json={
+                    "provider": "oauth2",
+                    "client_id": f"cid-{i}",
+                    "client_secret": f"secret-{i}",
+                    "scopes": ["read"],
+                    "return_urls": ["https://app.example/done"],
+                    "endpoints": {
+                        "authorization_url": "https://idp.example/authorize",
+                        "token_url": "https://idp.example/token",
+                    },
+                },
+            )
+            assert r.status_code in (200, 201), r.text
+
+
+def _seal_all(server: Server) -> int:
+    vault = _vault(server)
+    return _run(lambda e: seal(e, vault, time.time(), horizon=0), server.db.url)
+
+
+def _rows(server: Server) -> list[dict[str, Any]]:
+    async def go(engine: AsyncEngine) -> list[dict[str, Any]]:
+        async with engine.connect() as conn:
+            res = await conn.execute(select(audit_events).order_by(audit_events.c.id))
+            return [dict(m) for m in res.mappings().all()]
+
+    return _run(go, server.db.url)
+
+
+def _exec(server: Server, *statements: Any) -> None:
+    async def go(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            for st in statements:
+                await conn.execute(st)
+
+    _run(go, server.db.url)
+
+
+def _verify_cli(server: Server) -> tuple[int, dict[str, Any]]:
+    p = server.cli("audit", "verify", "--json", check=False)
+    return p.returncode, json.loads(p.stdout)
+
+
+@pytest.fixture
+def quiet(backend: str, tmp_path: Path) -> Any:
+    """A server without worker: sealing happens only when the test says so."""
+    with running_server(backend, tmp_path, worker=False) as server:
+        yield server
+
+
+def test_sealed_chain_verifies_and_links_in_id_order(quiet: Server) -> None:
+    _make_events(quiet)
+    assert _seal_all(quiet) >= 6
+    rows = _rows(quiet)
+    assert all(r["hash"] and len(r["hash"]) == 64 for r in rows)
+    assert rows[0]["prev_hash"] == GENESIS
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert b["prev_hash"] == a["hash"]
+    code, out = _verify_cli(quiet)
+    assert code == 0, out
+    env = out["environments"][0]
+    assert env["ok"] and env["sealed"] == len(rows) and env["head"]["id"] == rows[-1]["id"]
+    # sealing again changes nothing (idempotent) and new events extend the chain
+    assert _seal_all(quiet) == 0
+    _make_events(quiet, 2)
+    assert _seal_all(quiet) >= 2
+    assert _verify_cli(quiet)[0] == 0
+
+
+def test_edited_event_is_named(quiet: Server) -> None:
+    _make_events(quiet)
+    _seal_all(quiet)
+    victim = _rows(quiet)[3]
+    _exec(
+        quiet,
+        update(audit_events)
+        .where(audit_events.c.id == victim["id"])
+        .values(actor="key:someone-else"),
+    )
+    code, out = _verify_cli(quiet)
+    assert code == 1
+    broken = out["environments"][0]["broken"]
+    assert broken["event_id"] == victim["id"] and broken["kind"] == "edited"
+
+
+def test_edited_detail_or_time_is_named(quiet: Server) -> None:
+    _make_events(quiet)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    _exec(
+        quiet,
+        update(audit_events).where(audit_events.c.id == rows[2]["id"]).values(at=rows[2]["at"] + 1),
+    )
+    code, out = _verify_cli(quiet)
+    assert code == 1 and out["environments"][0]["broken"]["event_id"] == rows[2]["id"]
+
+
+def test_deleted_event_is_named(quiet: Server) -> None:
+    _make_events(quiet)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    _exec(quiet, audit_events.delete().where(audit_events.c.id == rows[2]["id"]))
+    code, out = _verify_cli(quiet)
+    assert code == 1
+    broken = out["environments"][0]["broken"]
+    assert broken["kind"] == "deleted" and broken["event_id"] == rows[3]["id"]
+    assert str(rows[1]["id"]) in broken["message"]
+
+
+def test_reordered_events_are_named(quiet: Server) -> None:
+    _make_events(quiet)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    a, b = rows[2]["id"], rows[3]["id"]
+    tmp = 10_000_000
+    _exec(
+        quiet,
+        update(audit_events).where(audit_events.c.id == a).values(id=tmp),
+        update(audit_events).where(audit_events.c.id == b).values(id=a),
+        update(audit_events).where(audit_events.c.id == tmp).values(id=b),
+    )
+    code, out = _verify_cli(quiet)
+    assert code == 1
+    broken = out["environments"][0]["broken"]
+    assert broken["event_id"] == a and broken["kind"] == "reordered"
+
+
+def test_removed_seal_is_named(quiet: Server) -> None:
+    _make_events(quiet)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    _exec(
+        quiet,
+        update(audit_events)
+        .where(audit_events.c.id == rows[1]["id"])
+        .values(hash=None, prev_hash=None),
+    )
+    code, out = _verify_cli(quiet)
+    assert code == 1
+    broken = out["environments"][0]["broken"]
+    assert broken["event_id"] == rows[1]["id"] and broken["kind"] == "unsealed"
+
+
+def test_forged_seal_without_the_key_is_detected(quiet: Server) -> None:
+    """Someone with database access but no master key recomputes a hash with another key."""
+    import hashlib
+    import hmac
+
+    from grantkeeper.auditchain import canonical
+
+    _make_events(quiet)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    victim = dict(rows[-1], actor="key:forged")
+    forged = hmac.new(b"k" * 32, victim["prev_hash"].encode() + canonical(victim), hashlib.sha256)
+    _exec(
+        quiet,
+        update(audit_events)
+        .where(audit_events.c.id == victim["id"])
+        .values(actor="key:forged", hash=forged.hexdigest()),
+    )
+    code, out = _verify_cli(quiet)
+    assert code == 1 and out["environments"][0]["broken"]["event_id"] == victim["id"]
+
+
+def test_chain_survives_master_key_rotation(quiet: Server, tmp_path: Path) -> None:
+    """Links sealed under an old primary key still verify while that key is loaded."""
+    _make_events(quiet, 3)
+    _seal_all(quiet)
+    old = quiet.env["GRANTKEEPER_MASTER_KEYS"]
+    quiet.env["GRANTKEEPER_MASTER_KEYS"] = f"{master_key('t2')},{old}"
+    _make_events(quiet, 2)
+    assert _seal_all(quiet) >= 2  # sealed under t2
+    code, out = _verify_cli(quiet)
+    assert code == 0, out
+
+
+def test_events_younger_than_the_horizon_wait(quiet: Server) -> None:
+    _make_events(quiet, 2)
+    vault = _vault(quiet)
+    assert _run(lambda e: seal(e, vault, time.time(), horizon=3600), quiet.db.url) == 0
+    code, out = _verify_cli(quiet)
+    assert code == 0 and out["environments"][0]["pending"] >= 2
+
+
+def test_concurrent_sealers_build_one_chain(quiet: Server) -> None:
+    _make_events(quiet, 8)
+    vault = _vault(quiet)
+    env_id = _rows(quiet)[0]["environment_id"]
+
+    async def go(engine: AsyncEngine) -> None:
+        sealers = [Sealer(vault, horizon=0, batch=3) for _ in range(4)]
+
+        async def drive(s: Sealer) -> None:
+            for _ in range(20):
+                await s.step(engine, time.time())
+
+        await asyncio.gather(*(drive(s) for s in sealers))
+        report = await verify(engine, vault, env_id)
+        assert report.ok and report.pending == 0, report
+
+    _run(go, quiet.db.url)
+
+
+def test_worker_seals_by_itself(gk: Server) -> None:
+    """The worker's sealer links events once they are older than the horizon (5 s)."""
+    _make_events(gk, 3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = _rows(gk)
+        if rows and all(r["hash"] for r in rows):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the worker did not seal the audit events")
+    code, out = _verify_cli(gk)
+    assert code == 0 and out["ok"]
+
+
+def test_audit_verify_per_environment_and_text_output(quiet: Server) -> None:
+    _make_events(quiet, 2)
+    _seal_all(quiet)
+    p = quiet.cli("audit", "verify", "--environment", "default")
+    assert p.returncode == 0 and "default: ok" in p.stdout
+    p = quiet.cli("audit", "verify", "--environment", "nope", check=False)
+    assert p.returncode != 0
+    _exec(quiet, text("DELETE FROM audit_events WHERE id = (SELECT MIN(id) FROM audit_events)"))
+    p = quiet.cli("audit", "verify", check=False)
+    assert p.returncode == 1 and "BROKEN at event" in p.stdout
