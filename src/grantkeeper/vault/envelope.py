@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from grantkeeper.vault import _aead
 from grantkeeper.vault.keyring import Keyring
@@ -38,6 +40,18 @@ class Vault:
     @property
     def primary_key_id(self) -> str:
         return self._primary_id
+
+    def derive_key(self, purpose: bytes, length: int = 32) -> bytes:
+        """A key for ``purpose`` (e.g. ``b"ui-session"``), HKDF-SHA256 from the primary KEK.
+
+        Domain-separated by ``purpose``; it changes when the primary key changes, so
+        rotating the primary key also ends everything signed with a derived key.
+        """
+        material = self.keyring.keys[0][1]
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(), length=length, salt=b"grantkeeper/derive/v1", info=purpose
+        )
+        return hkdf.derive(material)
 
     def seal(self, plaintext: bytes | str, aad: bytes) -> bytes:
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext

@@ -1,0 +1,891 @@
+"""The admin UI at ``/ui``: server-rendered, no JavaScript needed, strict CSP.
+
+Sign-in takes an admin API key once (a form POST) and answers with a signed,
+expiring session cookie that carries the key's id, never the key; every request
+re-reads the key, so revoking it ends the session at once. Every form carries a
+CSRF synchronizer token. Actions go through the same domain functions as the
+HTTP API, as a ``UiPrincipal`` whose audit actor is ``ui:<key id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.responses import RedirectResponse, Response
+
+from grantkeeper import audit, connect
+from grantkeeper.apikeys import Principal, authenticate
+from grantkeeper.clock import iso
+from grantkeeper.errors import GrantkeeperError, InvalidInput, NotFound, Unauthenticated
+from grantkeeper.grants import get_visible, grant_view, is_grant_id
+from grantkeeper.inputs import (
+    INTEGRATION_ID,
+    WEBHOOK_EVENTS,
+    CreateWebhookEndpoint,
+    EndpointsInput,
+    IntegrationInput,
+)
+from grantkeeper.integrations import put_integration
+from grantkeeper.revocation import delete_grant
+from grantkeeper.runtime import Runtime
+from grantkeeper.store import audit as audit_store
+from grantkeeper.store import environments as env_store
+from grantkeeper.store import grants as grant_store
+from grantkeeper.store import integrations as integ_store
+from grantkeeper.store import keys as key_store
+from grantkeeper.store import webhooks as webhook_store
+from grantkeeper.store.db import reading
+from grantkeeper.store.records import IntegrationRecord
+from grantkeeper.web.pages import PAGE_HEADERS, Templates
+from grantkeeper.web.ui_session import CookiePolicy, SessionToken, UiKeys, cookie_policy
+from grantkeeper.web.ui_stats import SERIES, grant_counts, refresh_chart
+from grantkeeper.webhooks.endpoints import create_endpoint, delete_endpoint
+
+__all__ = ["UiPrincipal", "router"]
+
+log = logging.getLogger(__name__)
+
+GRANT_STATUSES = ("active", "invalid", "revoked")
+PAGE_SIZE = 25
+_INTEGRATION_ID = re.compile(INTEGRATION_ID)
+SIGN_IN_FAILED = "Sign-in failed: the key is unknown, revoked, or not an admin key."
+#: what a redirect may announce on the next page (never free text from the query string)
+NOTICES = {
+    "revoked-succeeded": "The grant was revoked; the provider confirmed the revocation.",
+    "revoked-failed": "The grant was revoked here; the provider did not confirm the revocation.",
+    "revoked-unsupported": "The grant was revoked here (the provider offers no revocation).",
+    "integration-created": "The integration was created.",
+    "integration-updated": "The integration was saved.",
+    "webhook-deleted": "The webhook endpoint was deleted.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UiPrincipal(Principal):
+    """An admin key acting through the UI: audited as ``ui:<key id>``."""
+
+    @property
+    def actor(self) -> str:
+        return f"ui:{self.key_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ui:
+    """One signed-in request: the runtime, who acts, and the CSRF token for its forms."""
+
+    rt: Runtime
+    principal: UiPrincipal
+    token: SessionToken
+    csrf: str
+    environment_name: str
+
+
+class _SignInRequired(Exception):
+    pass
+
+
+class _CsrfRejected(Exception):
+    pass
+
+
+_templates = Templates()
+
+
+def _dt(value: float | None) -> str:
+    text = iso(value)
+    return text.replace("T", " ").replace("Z", " UTC") if text else "—"
+
+
+def _detail(detail: Any) -> str:
+    if not isinstance(detail, Mapping) or not detail:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+
+
+_templates.env.filters["dt"] = _dt
+_templates.env.filters["isodt"] = lambda v: iso(v) or ""
+_templates.env.filters["detail"] = _detail
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def _keys(request: Request) -> UiKeys:
+    keys: UiKeys | None = getattr(request.app.state, "ui_keys", None)
+    if keys is None:
+        keys = UiKeys(_rt(request).vault)
+        request.app.state.ui_keys = keys
+    return keys
+
+
+def _policy(request: Request) -> CookiePolicy:
+    return cookie_policy(_rt(request).settings.public_url)
+
+
+def _set_cookie(response: Response, policy: CookiePolicy, name: str, value: str, **kw: Any) -> None:
+    response.set_cookie(
+        name, value, path="/", secure=policy.secure, httponly=True, samesite="strict", **kw
+    )
+
+
+def _clear_cookie(response: Response, policy: CookiePolicy, name: str) -> None:
+    response.delete_cookie(name, path="/", secure=policy.secure, httponly=True, samesite="strict")
+
+
+def _redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
+
+
+def _sign_in_redirect(request: Request) -> Response:
+    response = _redirect("/ui/sign-in")
+    policy = _policy(request)
+    if policy.session_name in request.cookies:
+        _clear_cookie(response, policy, policy.session_name)
+    return response
+
+
+def _error(request: Request, status: int, heading: str, message: str) -> Response:
+    ui: Ui | None = getattr(request.state, "ui", None)
+    return _templates.render(
+        "admin/error.html", status=status, ui=ui, heading=heading, message=message, nav=""
+    )
+
+
+class _UiRoute(APIRoute):
+    """Turns failures into HTML pages (the app's handlers answer problem+json) and slides
+    the session's expiry forward."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                response = await inner(request)
+            except _SignInRequired:
+                return _sign_in_redirect(request)
+            except _CsrfRejected:
+                return _error(
+                    request,
+                    403,
+                    "The form has expired",
+                    "The form could not be verified (missing or stale security token). "
+                    "Go back, reload the page and try again.",
+                )
+            except NotFound as exc:
+                return _error(request, 404, "Not found", exc.detail)
+            except GrantkeeperError as exc:
+                if exc.status >= 500:
+                    log.warning("admin UI action failed: %s", exc.code)
+                message = exc.detail if exc.status < 500 else "Something went wrong; try again."
+                return _error(request, exc.status, exc.title, message)
+            except RequestValidationError:
+                return _error(request, 400, "Bad request", "The request was not understood.")
+            except HTTPException as exc:
+                return _error(request, exc.status_code, "Error", "The request failed.")
+            renewed: SessionToken | None = getattr(request.state, "ui_renewed", None)
+            if renewed is not None and "set-cookie" not in response.headers:
+                policy = _policy(request)
+                _set_cookie(response, policy, policy.session_name, _keys(request).sign(renewed))
+            return response
+
+        return handler
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=_UiRoute)
+
+
+async def _signed_in(request: Request) -> Ui:
+    """The session of this request, re-checked against the API key row; else sign in."""
+    rt = _rt(request)
+    keys = _keys(request)
+    now = rt.clock.now()
+    token = keys.verify(request.cookies.get(_policy(request).session_name), now)
+    if token is None:
+        raise _SignInRequired
+    async with reading(rt.engine) as conn:
+        rec = await key_store.get(conn, token.key_id)
+        env_name = next(
+            (
+                name
+                for eid, name, _ in await env_store.list_all(conn)
+                if eid == token.environment_id
+            ),
+            token.environment_id,
+        )
+    if (
+        rec is None
+        or rec.revoked_at is not None
+        or rec.environment_id != token.environment_id
+        or "admin" not in rec.scopes
+    ):
+        raise _SignInRequired
+    principal = UiPrincipal(
+        key_id=rec.id,
+        environment_id=rec.environment_id,
+        scopes=frozenset(rec.scopes),
+        integration_ids=frozenset(rec.integration_ids) if rec.integration_ids is not None else None,
+    )
+    if token.needs_reissue(now):
+        token = token.renewed(now)
+        request.state.ui_renewed = token
+    ui = Ui(rt, principal, token, keys.csrf_token(token.nonce), env_name)
+    request.state.ui = ui
+    return ui
+
+
+async def _form(request: Request, ui: Ui) -> FormData:
+    """The POSTed form, after its CSRF token and (when sent) its Origin were checked."""
+    _check_origin(request, ui.rt)
+    form = await request.form(max_files=0, max_fields=200)
+    presented = form.get("csrf")
+    if not _keys(request).csrf_ok(
+        ui.token.nonce, presented if isinstance(presented, str) else None
+    ):
+        raise _CsrfRejected
+    return form
+
+
+def _check_origin(request: Request, rt: Runtime) -> None:
+    """Defence in depth behind the CSRF token: refuse POSTs a browser marks as cross-site.
+
+    Our pages send ``Referrer-Policy: no-referrer``, under which browsers send
+    ``Origin: null`` even for same-origin forms, so ``Sec-Fetch-Site`` (when sent)
+    is the better signal; a real foreign ``Origin`` is refused too.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise _CsrfRejected
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return
+    own = {rt.settings.public_url.lower()}
+    host = request.headers.get("host")
+    if host:
+        own.add(f"{request.url.scheme}://{host}".lower())
+    if origin.lower() not in own:
+        raise _CsrfRejected
+
+
+def _text(form: FormData, name: str, max_len: int = 4000) -> str:
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    return value.strip()[:max_len]
+
+
+def _page(ui: Ui, name: str, nav: str, status: int = 200, **ctx: Any) -> Response:
+    return _templates.render(name, status=status, ui=ui, nav=nav, **ctx)
+
+
+def _notice(request: Request) -> str | None:
+    return NOTICES.get(request.query_params.get("notice", ""))
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+@router.get("/sign-in")
+async def sign_in_page(request: Request) -> Response:
+    if request.cookies.get(_policy(request).session_name):
+        try:
+            await _signed_in(request)
+            return _redirect("/ui")
+        except _SignInRequired:
+            pass
+    return _sign_in_form(request, status=200, error=None)
+
+
+def _sign_in_form(request: Request, *, status: int, error: str | None) -> Response:
+    policy = _policy(request)
+    pre = request.cookies.get(policy.pre_name)
+    if not pre or len(pre) > 100:
+        pre = secrets.token_urlsafe(18)
+    response = _templates.render(
+        "admin/sign_in.html",
+        status=status,
+        ui=None,
+        nav="",
+        csrf=_keys(request).csrf_token("pre|" + pre),
+        error=error,
+        # Secure cookies are never sent over plain http: say why sign-in cannot stick
+        insecure_warning=policy.secure and _rt(request).settings.public_url.startswith("http:"),
+    )
+    _set_cookie(response, policy, policy.pre_name, pre, max_age=3600)
+    return response
+
+
+@router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    rt = _rt(request)
+    policy = _policy(request)
+    keys = _keys(request)
+    _check_origin(request, rt)
+    form = await request.form(max_files=0, max_fields=20)
+    pre = request.cookies.get(policy.pre_name)
+    presented = form.get("csrf")
+    if not pre or not keys.csrf_ok("pre|" + pre, presented if isinstance(presented, str) else None):
+        raise _CsrfRejected
+    raw = form.get("api_key")
+    raw_key = raw.strip() if isinstance(raw, str) else ""
+    try:
+        async with reading(rt.engine) as conn:
+            principal = await authenticate(conn, raw_key)
+        if "admin" not in principal.scopes:
+            raise Unauthenticated()
+    except Unauthenticated:
+        log.info("admin UI sign-in refused")
+        return _sign_in_form(request, status=401, error=SIGN_IN_FAILED)
+    now = rt.clock.now()
+    async with rt.engine.begin() as conn:
+        await audit.record(
+            conn,
+            environment_id=principal.environment_id,
+            actor=f"ui:{principal.key_id}",
+            action="ui.signed_in",
+            now=now,
+        )
+    token = keys.new_session(principal.key_id, principal.environment_id, now)
+    response = _redirect("/ui")
+    _set_cookie(response, policy, policy.session_name, keys.sign(token))
+    _clear_cookie(response, policy, policy.pre_name)
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request) -> Response:
+    ui = await _signed_in(request)
+    await _form(request, ui)
+    async with ui.rt.engine.begin() as conn:
+        await audit.record(
+            conn,
+            environment_id=ui.principal.environment_id,
+            actor=ui.principal.actor,
+            action="ui.signed_out",
+            now=ui.rt.clock.now(),
+        )
+    request.state.ui_renewed = None
+    response = _redirect("/ui/sign-in")
+    _clear_cookie(response, _policy(request), _policy(request).session_name)
+    return response
+
+
+@router.get("/connected")
+async def connected(request: Request) -> Response:
+    """A landing page for ``return_to`` (e.g. reconnect links sent to an end user).
+
+    Public: the user arrives from the provider, without the admin session.
+    """
+    q = request.query_params
+    ok = q.get("status") == "success"
+    grant_id = q.get("grant_id", "")
+    return _templates.render(
+        "connected.html",
+        ok=ok,
+        grant_id=grant_id if is_grant_id(grant_id) else None,
+    )
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@router.get("")
+async def dashboard(request: Request) -> Response:
+    ui = await _signed_in(request)
+    p = ui.principal
+    only = tuple(sorted(p.integration_ids)) if p.integration_ids is not None else None
+    async with reading(ui.rt.engine) as conn:
+        counts = await grant_counts(conn, p.environment_id, p.integration_ids)
+        chart = await refresh_chart(conn, p.environment_id, ui.rt.clock.now(), p.integration_ids)
+        integrations = await integ_store.list_integrations(conn, p.environment_id, only)
+        endpoints = await webhook_store.list_endpoints(conn, p.environment_id)
+        recent: list[dict[str, Any]] = []
+        if p.integration_ids is None:
+            recent, _ = await audit_store.list_events(conn, p.environment_id, limit=10)
+    return _page(
+        ui,
+        "admin/dashboard.html",
+        "dashboard",
+        counts={s: counts.get(s, 0) for s in GRANT_STATUSES},
+        total=sum(counts.values()),
+        chart=chart,
+        series=SERIES,
+        integration_count=len(integrations),
+        endpoint_count=len(endpoints),
+        recent=recent,
+    )
+
+
+# --------------------------------------------------------------------------- integrations
+
+
+def _integration_id(value: str) -> str:
+    if not _INTEGRATION_ID.fullmatch(value):
+        raise NotFound("no such integration")
+    return value
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _pairs(text: str, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in _lines(text):
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"{what}: write one name=value per line")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _integration_values(form: FormData) -> dict[str, str]:
+    """What the form re-displays after an error: everything except the client secret."""
+    names = (
+        "id", "provider", "display_name", "client_id", "scopes", "return_urls", "issuer",
+        "api_base_url", "authorization_params", "settings", "authorization_url", "token_url",
+        "revocation_url", "userinfo_url", "token_endpoint_auth_method", "token_export",
+    )  # fmt: skip
+    values = {n: _text(form, n, 20_000) for n in names}
+    values["connect_page"] = "1" if form.get("connect_page") else ""
+    return values
+
+
+def _record_values(rec: IntegrationRecord) -> dict[str, str]:
+    ep = rec.endpoints or {}
+    return {
+        "id": rec.id,
+        "provider": rec.provider,
+        "display_name": rec.display_name or "",
+        "client_id": rec.client_id,
+        "scopes": " ".join(rec.scopes),
+        "return_urls": "\n".join(rec.return_urls),
+        "issuer": rec.issuer or "",
+        "api_base_url": rec.api_base_url or "",
+        "authorization_params": "\n".join(f"{k}={v}" for k, v in rec.authorization_params.items()),
+        "settings": "\n".join(f"{k}={v}" for k, v in rec.settings.items()),
+        "authorization_url": ep.get("authorization_url", ""),
+        "token_url": ep.get("token_url", ""),
+        "revocation_url": ep.get("revocation_url", ""),
+        "userinfo_url": ep.get("userinfo_url", ""),
+        "token_endpoint_auth_method": ep.get("token_endpoint_auth_method", ""),
+        "token_export": rec.token_export,
+        "connect_page": "1" if rec.connect_page else "",
+    }
+
+
+def _integration_input(form: FormData) -> IntegrationInput:
+    v = _integration_values(form)
+    endpoint_fields = ("authorization_url", "token_url", "revocation_url", "userinfo_url")
+    endpoints = None
+    if any(v[f] for f in endpoint_fields) or v["token_endpoint_auth_method"]:
+        endpoints = EndpointsInput.model_validate(
+            {
+                **{f: v[f] or None for f in endpoint_fields},
+                "token_endpoint_auth_method": v["token_endpoint_auth_method"] or None,
+            }
+        )
+    secret = form.get("client_secret")
+    return IntegrationInput.model_validate(
+        {
+            "provider": v["provider"],
+            "display_name": v["display_name"] or None,
+            "client_id": v["client_id"],
+            # write-only: an empty field keeps the stored secret
+            "client_secret": secret if isinstance(secret, str) and secret else None,
+            "scopes": [s for s in re.split(r"[\s,]+", v["scopes"]) if s],
+            "return_urls": _lines(v["return_urls"]),
+            "issuer": v["issuer"] or None,
+            "api_base_url": v["api_base_url"] or None,
+            "authorization_params": _pairs(v["authorization_params"], "Authorization parameters"),
+            "settings": _pairs(v["settings"], "Provider settings"),
+            "endpoints": endpoints,
+            "token_export": v["token_export"] or "never",
+            "connect_page": bool(v["connect_page"]),
+        }
+    )
+
+
+def _validation_messages(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors()[:20]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if not isinstance(p, int))
+        # the message only, never the input: it may be a secret
+        out.append(f"{where or 'form'}: {e.get('msg', 'invalid')}"[:300])
+    return out
+
+
+def _integration_form(
+    ui: Ui,
+    *,
+    creating: bool,
+    values: dict[str, str],
+    secret_set: bool,
+    errors: list[str],
+    status: int = 200,
+) -> Response:
+    providers = sorted(
+        (s for s in ui.rt.catalog.all() if s.auth_mode in ("oauth2", "oidc")),
+        key=lambda s: (not s.is_generic, s.display_name.casefold()),
+    )
+    return _page(
+        ui,
+        "admin/integration_form.html",
+        "integrations",
+        status=status,
+        creating=creating,
+        v=values,
+        secret_set=secret_set,
+        errors=errors,
+        providers=providers,
+        callback_url=ui.rt.settings.callback_url,
+        pattern=INTEGRATION_ID,
+    )
+
+
+@router.get("/integrations")
+async def integrations_page(request: Request) -> Response:
+    ui = await _signed_in(request)
+    p = ui.principal
+    only = tuple(sorted(p.integration_ids)) if p.integration_ids is not None else None
+    async with reading(ui.rt.engine) as conn:
+        recs = await integ_store.list_integrations(conn, p.environment_id, only)
+    return _page(
+        ui,
+        "admin/integrations.html",
+        "integrations",
+        integrations=recs,
+        callback_url=ui.rt.settings.callback_url,
+        notice=_notice(request),
+    )
+
+
+@router.get("/integrations/new")
+async def new_integration_page(request: Request) -> Response:
+    ui = await _signed_in(request)
+    values = {"provider": "oidc", "token_export": "never"}
+    return _integration_form(ui, creating=True, values=values, secret_set=False, errors=[])
+
+
+@router.post("/integrations/new")
+async def create_integration(request: Request) -> Response:
+    ui = await _signed_in(request)
+    form = await _form(request, ui)
+    values = _integration_values(form)
+    integration_id = values["id"]
+    if not _INTEGRATION_ID.fullmatch(integration_id):
+        return _integration_form(
+            ui,
+            creating=True,
+            values=values,
+            secret_set=False,
+            errors=[
+                "id: use lowercase letters, digits, '-' and '_' (up to 63, starting with a letter or digit)"
+            ],
+            status=422,
+        )
+    return await _save_integration(ui, form, integration_id, creating=True)
+
+
+@router.get("/integrations/{integration_id}")
+async def edit_integration_page(request: Request, integration_id: str) -> Response:
+    ui = await _signed_in(request)
+    p = ui.principal
+    _integration_id(integration_id)
+    if not p.may_use_integration(integration_id):
+        raise NotFound("no such integration")
+    async with reading(ui.rt.engine) as conn:
+        rec = await integ_store.get(conn, p.environment_id, integration_id)
+    if rec is None:
+        raise NotFound("no such integration")
+    return _integration_form(
+        ui,
+        creating=False,
+        values=_record_values(rec),
+        secret_set=rec.client_secret_ct is not None,
+        errors=[],
+    )
+
+
+@router.post("/integrations/{integration_id}")
+async def update_integration(request: Request, integration_id: str) -> Response:
+    ui = await _signed_in(request)
+    form = await _form(request, ui)
+    _integration_id(integration_id)
+    if not ui.principal.may_use_integration(integration_id):
+        raise NotFound("no such integration")
+    return await _save_integration(ui, form, integration_id, creating=False)
+
+
+async def _save_integration(
+    ui: Ui, form: FormData, integration_id: str, *, creating: bool
+) -> Response:
+    p = ui.principal
+    values = _integration_values(form)
+    values["id"] = integration_id
+    secret_set = False
+    try:
+        body = _integration_input(form)
+        p.require_integration(integration_id)
+        async with ui.rt.engine.begin() as conn:
+            existing = await integ_store.get(conn, p.environment_id, integration_id)
+            secret_set = existing is not None and existing.client_secret_ct is not None
+            if creating and existing is not None:
+                raise InvalidInput(f"an integration with the id {integration_id!r} already exists")
+            if not creating and existing is None:
+                raise NotFound("no such integration")
+            _rec, created = await put_integration(
+                conn, ui.rt, p.environment_id, integration_id, body
+            )
+            await audit.record(
+                conn,
+                environment_id=p.environment_id,
+                actor=p.actor,
+                action="integration.created" if created else "integration.updated",
+                now=ui.rt.clock.now(),
+                integration_id=integration_id,
+                client_secret_changed=body.client_secret is not None,
+            )
+    except ValidationError as exc:
+        errors = _validation_messages(exc)
+    except NotFound:
+        raise
+    except GrantkeeperError as exc:
+        if exc.status >= 500:
+            raise
+        errors = [exc.detail]
+    else:
+        notice = "integration-created" if created else "integration-updated"
+        return _redirect(f"/ui/integrations?{urlencode({'notice': notice})}")
+    return _integration_form(
+        ui, creating=creating, values=values, secret_set=secret_set, errors=errors, status=422
+    )
+
+
+# --------------------------------------------------------------------------- grants
+
+
+def _offset(value: str | None) -> int:
+    try:
+        return min(max(int(value or 0), 0), 10_000_000)
+    except ValueError:
+        return 0
+
+
+@router.get("/grants")
+async def grants_page(request: Request) -> Response:
+    ui = await _signed_in(request)
+    p = ui.principal
+    q = request.query_params
+    integration_id = q.get("integration_id") or None
+    if integration_id is not None and not _INTEGRATION_ID.fullmatch(integration_id):
+        integration_id = "\ufffd"  # matches nothing
+    user_id = (q.get("user_id") or "").strip()[:255] or None
+    if user_id is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in user_id):
+        user_id = "\ufffd"
+    status = q.get("status") if q.get("status") in GRANT_STATUSES else None
+    offset = _offset(q.get("offset"))
+    only = tuple(sorted(p.integration_ids)) if p.integration_ids is not None else None
+    async with reading(ui.rt.engine) as conn:
+        rows, more = await grant_store.list_grants(
+            conn,
+            p.environment_id,
+            integration_id=integration_id,
+            integration_ids=only,
+            user_id=user_id,
+            status=status,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
+        integrations = await integ_store.list_integrations(conn, p.environment_id, only)
+    filters = {
+        k: v
+        for k, v in (
+            ("integration_id", q.get("integration_id") or ""),
+            ("user_id", user_id or ""),
+            ("status", status or ""),
+        )
+        if v
+    }
+
+    def page_url(off: int) -> str:
+        return "/ui/grants?" + urlencode({**filters, "offset": off} if off else filters)
+
+    return _page(
+        ui,
+        "admin/grants.html",
+        "grants",
+        grants=[grant_view(r) for r in rows],
+        integrations=[i.id for i in integrations],
+        statuses=GRANT_STATUSES,
+        f=filters,
+        offset=offset,
+        first=offset + 1,
+        last=offset + len(rows),
+        prev_url=page_url(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
+        next_url=page_url(offset + PAGE_SIZE) if more else None,
+    )
+
+
+async def _grant_page(ui: Ui, grant_id: str, *, status: int = 200, **extra: Any) -> Response:
+    p = ui.principal
+    async with reading(ui.rt.engine) as conn:
+        rec = await get_visible(conn, p.environment_id, grant_id, p.integration_ids)
+        events, more = await audit_store.list_events(
+            conn, p.environment_id, grant_id=rec.id, limit=100
+        )
+        integ = await integ_store.get(conn, p.environment_id, rec.integration_id)
+    return _page(
+        ui,
+        "admin/grant.html",
+        "grants",
+        status=status,
+        g=grant_view(rec),
+        events=events,
+        more_events=more,
+        return_urls=list(integ.return_urls) if integ is not None else [],
+        **extra,
+    )
+
+
+@router.get("/grants/{grant_id}")
+async def grant_page(request: Request, grant_id: str) -> Response:
+    ui = await _signed_in(request)
+    return await _grant_page(ui, grant_id, notice=_notice(request))
+
+
+@router.post("/grants/{grant_id}/reconnect")
+async def reconnect(request: Request, grant_id: str) -> Response:
+    ui = await _signed_in(request)
+    form = await _form(request, ui)
+    return_to = _text(form, "return_to", 2000)
+    try:
+        async with ui.rt.engine.begin() as conn:
+            session = await connect.reconnect_session(
+                conn, ui.rt, ui.principal, grant_id, return_to
+            )
+    except NotFound:
+        raise
+    except GrantkeeperError as exc:
+        if exc.status >= 500:
+            raise
+        return await _grant_page(ui, grant_id, status=422, reconnect_error=exc.detail)
+    return await _grant_page(ui, grant_id, status=201, connect_session=session)
+
+
+@router.get("/grants/{grant_id}/revoke")
+async def revoke_confirm(request: Request, grant_id: str) -> Response:
+    ui = await _signed_in(request)
+    p = ui.principal
+    async with reading(ui.rt.engine) as conn:
+        rec = await get_visible(conn, p.environment_id, grant_id, p.integration_ids)
+    return _page(ui, "admin/revoke.html", "grants", g=grant_view(rec))
+
+
+@router.post("/grants/{grant_id}/revoke")
+async def revoke(request: Request, grant_id: str) -> Response:
+    ui = await _signed_in(request)
+    await _form(request, ui)
+    result = await delete_grant(ui.rt, ui.principal, grant_id)
+    notice = f"revoked-{result['provider_revocation']}"
+    return _redirect(f"/ui/grants/{result['id']}?{urlencode({'notice': notice})}")
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+async def _webhooks_page(ui: Ui, *, status: int = 200, **extra: Any) -> Response:
+    p = ui.principal
+    async with reading(ui.rt.engine) as conn:
+        endpoints = await webhook_store.list_endpoints(conn, p.environment_id)
+        deliveries = await webhook_store.list_deliveries(conn, p.environment_id, limit=50)
+    urls = {e["id"]: e["url"] for e in endpoints}
+    extra.setdefault("v", {"url": "", "events": ["*"]})
+    return _page(
+        ui,
+        "admin/webhooks.html",
+        "webhooks",
+        status=status,
+        endpoints=endpoints,
+        deliveries=deliveries,
+        urls=urls,
+        all_events=WEBHOOK_EVENTS,
+        **extra,
+    )
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request) -> Response:
+    ui = await _signed_in(request)
+    return await _webhooks_page(ui, notice=_notice(request))
+
+
+@router.post("/webhooks")
+async def create_webhook(request: Request) -> Response:
+    ui = await _signed_in(request)
+    form = await _form(request, ui)
+    url = _text(form, "url", 2000)
+    events = [e for e in form.getlist("events") if isinstance(e, str)][:10]
+    try:
+        body = CreateWebhookEndpoint.model_validate({"url": url, "events": events})
+        async with ui.rt.engine.begin() as conn:
+            created = await create_endpoint(conn, ui.rt, ui.principal, body)
+    except ValidationError as exc:
+        errors = _validation_messages(exc)
+    except GrantkeeperError as exc:
+        if exc.status >= 500:
+            raise
+        errors = [exc.detail]
+    else:
+        # the signing secret is shown on this response only
+        return await _webhooks_page(ui, status=201, created=created)
+    return await _webhooks_page(ui, status=422, errors=errors, v={"url": url, "events": events})
+
+
+@router.get("/webhooks/{endpoint_id}/delete")
+async def delete_webhook_confirm(request: Request, endpoint_id: str) -> Response:
+    ui = await _signed_in(request)
+    async with reading(ui.rt.engine) as conn:
+        endpoint = await webhook_store.get_endpoint(
+            conn, ui.principal.environment_id, _endpoint_id(endpoint_id)
+        )
+    if endpoint is None:
+        raise NotFound("no such webhook endpoint")
+    return _page(ui, "admin/webhook_delete.html", "webhooks", e=endpoint)
+
+
+def _endpoint_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+        raise NotFound("no such webhook endpoint")
+    return value
+
+
+@router.post("/webhooks/{endpoint_id}/delete")
+async def delete_webhook(request: Request, endpoint_id: str) -> Response:
+    ui = await _signed_in(request)
+    await _form(request, ui)
+    async with ui.rt.engine.begin() as conn:
+        await delete_endpoint(conn, ui.rt, ui.principal, _endpoint_id(endpoint_id))
+    return _redirect("/ui/webhooks?notice=webhook-deleted")
+
+
+@router.get("/{rest:path}")
+async def not_found(request: Request, rest: str) -> Response:
+    """Unknown ``/ui`` pages get the UI's 404 page rather than a JSON problem."""
+    raise NotFound("There is no such page.")
