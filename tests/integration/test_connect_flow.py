@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from tests.support.flows import RETURN_URL, connect, connect_grant, setup_oidc_integration, start_connect
+from tests.support.flows import (
+    RETURN_URL,
+    connect,
+    connect_grant,
+    setup_oidc_integration,
+    start_connect,
+)
 from tests.support.gk import Server
 from tests.support.oidc import OidcServer
 
@@ -37,8 +42,9 @@ def test_full_flow_yields_active_grant_with_refresh_token(gk: Server, oidc: Oidc
 
 
 def test_authorization_request_carries_state_pkce_nonce_and_consent(gk: Server, oidc: OidcServer) -> None:
-    import httpx
     from urllib.parse import parse_qs, urlsplit
+
+    import httpx
 
     setup_oidc_integration(gk, oidc)
     challenges = set()
@@ -57,8 +63,9 @@ def test_authorization_request_carries_state_pkce_nonce_and_consent(gk: Server, 
 
 
 def test_reconnect_keeps_grant_id_and_skips_consent(gk: Server, oidc: OidcServer) -> None:
-    import httpx
     from urllib.parse import parse_qs, urlsplit
+
+    import httpx
 
     setup_oidc_integration(gk, oidc)
     gid = connect_grant(gk, oidc, "acme", "user-3")

@@ -7,7 +7,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-
 from tests.support.flows import RETURN_URL, connect_grant, setup_oidc_integration, start_connect
 from tests.support.gk import Server
 from tests.support.oidc import OidcServer, authorize

@@ -15,10 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from standardwebhooks.webhooks import Webhook
-
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tests.support.flows import connect_grant, setup_oidc_integration
-from tests.support.gk import Server, WebhookSink, free_port, require_postgres, running_server, start_server
+from tests.support.gk import (
+    Server,
+    WebhookSink,
+    free_port,
+    require_postgres,
+    running_server,
+    start_server,
+)
 from tests.support.oidc import OidcServer
 
 pytestmark = pytest.mark.oidc
@@ -174,9 +180,9 @@ def test_revocation_at_provider_marks_invalid_once(gk: Server, oidc: OidcServer,
     grant_keys = set(payload["data"]["grant"])
     assert not grant_keys & {"access_token", "refresh_token", "id_token"}
     # tampered body or old timestamp fail verification
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(ep["secret"]).verify(w.body.replace(b"invalid", b"active"), w.headers)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(ep["secret"]).verify(w.body, {**w.headers, "webhook-timestamp": str(int(time.time()) - 3600)})
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from tests.support.flows import connect_grant, setup_oidc_integration
+from tests.support.gk import running_server
+from tests.support.oidc import OidcServer
 
 from grantkeeper.config import Settings
 from grantkeeper.errors import StoreUnavailable
@@ -18,9 +21,6 @@ from grantkeeper.grants import open_token
 from grantkeeper.refresh import engine as refresh_engine
 from grantkeeper.runtime import open_runtime
 from grantkeeper.store import grants as grant_store
-from tests.support.flows import connect_grant, setup_oidc_integration
-from tests.support.gk import running_server
-from tests.support.oidc import OidcServer
 
 pytestmark = pytest.mark.oidc
 

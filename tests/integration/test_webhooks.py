@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 from standardwebhooks.webhooks import Webhook
-
 from tests.support.gk import Server, WebhookSink, running_server
 
 

@@ -19,7 +19,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "at": iso(row["at"]),
         "action": row["action"],
         "actor": actor,
-        "api_key_id": actor[4:] if actor.startswith("key:") else None,
+        "api_key_id": actor.partition(":")[2] if actor.startswith(("key:", "ui:")) else None,
         "grant_id": row["grant_id"],
         "integration_id": row["integration_id"],
         "detail": row["detail"],
