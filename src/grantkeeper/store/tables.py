@@ -186,6 +186,7 @@ audit_events = Table(
     Column("hash", String(64), nullable=True),
     Index("ix_audit_env_grant", "environment_id", "grant_id", "id"),
     Index("ix_audit_env_id", "environment_id", "id"),
+    Index("ix_audit_env_action_at", "environment_id", "action", "at"),
 )
 
 webhook_endpoints = Table(
