@@ -31,3 +31,11 @@ def test_every_endpoint_is_documented() -> None:
     for path, item in spec["paths"].items():
         for method in item:
             assert f"### `{method.upper()} {path}`" in text
+
+
+def test_operations_lists_every_setting() -> None:
+    from grantkeeper.config import Settings
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [name for name in Settings.model_fields if f"`GRANTKEEPER_{name.upper()}`" not in text]
+    assert not missing, f"docs/operations.md does not document: {missing}"
