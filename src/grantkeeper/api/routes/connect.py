@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from grantkeeper import connect
+from grantkeeper import connect, ratelimit
 from grantkeeper.api.deps import PrincipalDep, RuntimeDep
 from grantkeeper.inputs import CreateConnectSession, Reconnect
 from grantkeeper.store.db import reading
@@ -17,6 +17,7 @@ async def create_session(
     rt: RuntimeDep, principal: PrincipalDep, body: CreateConnectSession
 ) -> dict[str, Any]:
     principal.require("connect")
+    await ratelimit.enforce(rt, principal.key_id, "connect")
     async with rt.engine.begin() as conn:
         return await connect.create_session(conn, rt, principal, body)
 
