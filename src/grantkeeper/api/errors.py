@@ -43,7 +43,9 @@ _HTTP_CODES = {
     422: ("invalid_input", "Invalid input"),
     429: ("rate_limited", "Too many requests"),
     500: ("internal_error", "Internal error"),
+    502: ("bad_gateway", "Bad gateway"),
     503: ("unavailable", "Service unavailable"),
+    504: ("gateway_timeout", "Gateway timeout"),
 }
 
 
@@ -134,7 +136,88 @@ def install_error_handlers(app: FastAPI) -> None:
             500, "internal_error", "Internal error", f"unexpected error (ref {ref})"
         )
 
+    _document_problems(app)
     app.add_exception_handler(GrantkeeperError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details with a stable machine-readable code",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+        "failure": {"type": "object"},
+    },
+}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_COMMON = (400, 401, 403, 404, 422)
+_WITH_BODY = (413, 415)
+_BY_OPERATION: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/v1/grants/{grant_id}/token"): (409, 429, 503),
+    ("post", "/v1/connect/sessions"): (429,),
+    ("post", "/v1/connect/sessions/{session_id}/tokens"): (410,),
+    ("post", "/v1/grants/{grant_id}/reconnect"): (409,),
+    ("put", "/v1/integrations/{integration_id}"): (409, 502, 503),
+    ("delete", "/v1/integrations/{integration_id}"): (409,),
+    ("post", "/v1/grants"): (409, 502, 503),
+    ("delete", "/v1/grants/{grant_id}"): (409, 503),
+}
+_PROXY = (409, 413, 429, 502, 503, 504)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Document the error responses every operation can give, as ``application/problem+json``.
+
+    FastAPI documents only 422 (with its own shape); the API answers every error with a
+    problem body, so schema-driven clients and fuzzers see what the server really sends.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = generate()
+        spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+        for path, item in spec.get("paths", {}).items():
+            for method, op in item.items():
+                if not isinstance(op, dict) or "responses" not in op:
+                    continue
+                if path == "/readyz":
+                    statuses: tuple[int, ...] = (503,)
+                elif not path.startswith("/v1/"):
+                    continue
+                else:
+                    statuses = _COMMON + _BY_OPERATION.get((method, path), ())
+                    if method in ("post", "put", "patch"):
+                        statuses += _WITH_BODY
+                    if path.startswith("/v1/proxy/"):
+                        statuses += _PROXY + _WITH_BODY
+                for status in sorted(set(statuses)):
+                    code, title = _HTTP_CODES.get(status, ("error", "Error"))
+                    response: dict[str, Any] = {
+                        "description": title,
+                        "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
+                    }
+                    if status in (429, 503):
+                        response["headers"] = {
+                            "Retry-After": {
+                                "description": "seconds to wait before retrying",
+                                "schema": {"type": "integer"},
+                            }
+                        }
+                    op["responses"][str(status)] = response
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
