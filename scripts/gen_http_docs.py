@@ -300,6 +300,14 @@ def render(spec: dict[str, Any]) -> str:
                 out.append("")
             out.append(f"- Scope: {scope}")
             out.append(f"- Returns: {returns}")
+            responses = op.get("responses", {})
+            if responses:
+                codes = ", ".join(
+                    f"{code} {responses[code].get('description', '').strip()}".strip()
+                    for code in sorted(responses, key=lambda c: (len(c), c))
+                    if code != "default"
+                )
+                out.append(f"- Status codes: {codes}")
             out.append("")
             params = op.get("parameters", [])
             if params:
@@ -327,9 +335,12 @@ def render(spec: dict[str, Any]) -> str:
     components = spec.get("components", {}).get("schemas", {})
     shown = [n for n in sorted(components) if n not in ("HTTPValidationError", "ValidationError")]
     if shown:
-        out.append("## Request schemas")
+        out.append("## Schemas")
         out.append("")
-        out.append("Unknown fields are rejected (422 `invalid_input`).")
+        out.append(
+            "Request bodies reject unknown fields (422 `invalid_input`). "
+            "`Problem` is the `application/problem+json` error document, when present."
+        )
         out.append("")
         for name in shown:
             out.append(f'<a id="{name.lower()}"></a>')

@@ -70,6 +70,9 @@ def test_empty_database_and_unknown_things(gk: Server) -> None:
     assert r.returncode == 1 and "no grant" in r.stderr
     r = cli(gk, "grants", "show", "not-a-uuid", check=False)
     assert r.returncode == 1
+    for action in (["refresh"], ["revoke", "--yes"]):
+        r = cli(gk, "grants", *action, "00000000-0000-4000-8000-000000000000", check=False)
+        assert r.returncode == 1 and "(not_found)" in r.stderr, r.stderr
     r = cli(gk, "integrations", "show", "nope", check=False)
     assert r.returncode == 1 and "no integration" in r.stderr
     r = cli(gk, "grants", "list", "--environment", "staging", check=False)

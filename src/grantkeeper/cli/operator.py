@@ -106,7 +106,11 @@ def _with_ctx(environment: str, fn: Callable[[_Ctx], Awaitable[T]]) -> T:
 
     async def go() -> T:
         async with _opened(settings, environment) as ctx:
-            return await fn(ctx)
+            try:
+                return await fn(ctx)
+            except GrantkeeperError as exc:
+                _fail_for(exc)  # exit status 1: grantkeeper refused (not found, revoked, ...)
+                raise
 
     return run(go)
 
@@ -277,7 +281,10 @@ def grants_refresh(
                 grant_id=rec.id,
                 integration_id=rec.integration_id,
             )
-        fresh = await refresh(ctx.rt, ctx.environment_id, rec.id, seen_version=None, trigger="cli")
+        # seen_version: if another process refreshes meanwhile, its result is used (one refresh)
+        fresh = await refresh(
+            ctx.rt, ctx.environment_id, rec.id, seen_version=rec.version, trigger="cli"
+        )
         return grant_view(fresh)
 
     g = _with_ctx(environment, go)
