@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from grantkeeper.errors import InvalidInput, ReturnToNotAllowed
 from grantkeeper.netguard import is_loopback_host
@@ -49,6 +49,11 @@ def _segments(path: str) -> list[str]:
     return [s for s in path.split("/") if s]
 
 
+def _has_dot_segment(path: str) -> bool:
+    """``.``/``..`` including the percent-encoded forms browsers also resolve (``%2e%2e``)."""
+    return any(unquote(s) in (".", "..") for s in path.split("/"))
+
+
 def matches(return_to: str, allowed: tuple[str, ...] | list[str]) -> bool:
     r = _parse(return_to)
     if r is None or r.fragment:
@@ -58,7 +63,7 @@ def matches(return_to: str, allowed: tuple[str, ...] | list[str]) -> bool:
         if ap is None or _origin(ap) != _origin(r):
             continue
         prefix = _segments(ap.path)
-        if _segments(r.path)[: len(prefix)] == prefix and ".." not in _segments(r.path):
+        if _segments(r.path)[: len(prefix)] == prefix and not _has_dot_segment(r.path):
             return True
     return False
 

@@ -48,10 +48,6 @@ async def _send_problem(send: Send, status: int, code: str, title: str, detail: 
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyGuard:
     """For ``/v1`` JSON endpoints: 413 over the limit (chunked too), 415 for non-JSON bodies,
     400 for both Content-Length and Transfer-Encoding. The proxy streams its own bodies."""
@@ -104,29 +100,21 @@ class BodyGuard:
                 "send application/json",
             )
             return
-        received = 0
-        started = False
+        # Read the whole body here (it is small: at most ``max_body``) rather than
+        # raising from inside the app's receive: FastAPI turns any exception
+        # raised while it reads the body into a 400, so a chunked body over the
+        # limit would never become a 413.
         limit = self.max_body
-
-        async def guarded_receive() -> Message:
-            nonlocal received
+        chunks: list[bytes] = []
+        received = 0
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, guarded_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
                 await _send_problem(
                     send,
                     413,
@@ -134,6 +122,19 @@ class BodyGuard:
                     "Request body too large",
                     f"the limit is {limit} bytes",
                 )
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class AccessLog:

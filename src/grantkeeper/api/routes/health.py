@@ -11,6 +11,7 @@ from starlette.responses import Response
 from grantkeeper.api.deps import RuntimeDep
 from grantkeeper.api.errors import problem_response
 from grantkeeper.errors import DecryptionFailed
+from grantkeeper.rotation import probe as probe_stored
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
 
@@ -38,6 +39,22 @@ async def readyz(rt: RuntimeDep) -> dict[str, Any] | Response:
     except DecryptionFailed:
         return problem_response(
             503, "vault_sealed", "Keys not loaded", "the key-encryption keys are not usable"
+        )
+    # the keys must also be the right ones: a wrong GRANTKEEPER_MASTER_KEYS (or a lost
+    # development key file) loads fine but opens nothing that is stored (P5)
+    try:
+        opens = await probe_stored(rt.engine, rt.vault)
+    except Exception:  # noqa: BLE001 - any database failure means not ready
+        return problem_response(
+            503, "database_unavailable", "Database unavailable", "the database is not reachable"
+        )
+    if opens is False:
+        return problem_response(
+            503,
+            "vault_key_mismatch",
+            "Stored secrets do not open",
+            "no stored secret opens with the loaded GRANTKEEPER_MASTER_KEYS; "
+            "the key that sealed them is missing",
         )
     return {"status": "ready", "primary_key_id": rt.vault.primary_key_id}
 
