@@ -45,5 +45,8 @@ def configure_logging(settings: Settings) -> None:
         "httpcore",
         "sqlalchemy.engine",
         "asyncio",
+        # DEBUG in the drivers prints SQL parameters (ciphertexts, key hashes)
+        "aiosqlite",
+        "asyncpg",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
