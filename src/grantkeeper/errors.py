@@ -23,12 +23,16 @@ Our exception hierarchy::
     | - IntegrationInUse                integration_in_use
     | - GrantInvalid                    grant_invalid
     | - GrantRevoked                    grant_revoked
+    | - ProxyNotConfigured              proxy_not_configured
     | - AlreadyExists                   already_exists
     + InvalidInput                      invalid_input
     | - ReturnToNotAllowed              return_to_not_allowed
     | - UnsafeUrl                       unsafe_url
     | - MalformedJson                   malformed_json (400)
     | - UnsupportedMediaType            unsupported_media_type (415)
+    | - InvalidProxyPath                invalid_proxy_path (400)
+    | - BadRequest                      bad_request (400: malformed HTTP framing)
+    | - RequestTooLarge                 payload_too_large (413)
     + TokenExportDisabled               token_export_disabled
     + TokensAlreadyRetrieved            tokens_already_retrieved
     + ConnectError                      (the OAuth callback; rendered as HTML)
@@ -40,6 +44,8 @@ Our exception hierarchy::
     | - ProviderUnavailable             provider_unavailable  (transient: 5xx, 429, timeout)
     | - RefreshTokenRejected            refresh_token_rejected (invalid_grant on import)
     | - ProviderRejected                provider_rejected
+    | - UpstreamTimeout                 upstream_timeout (504: the proxied call took too long)
+    | - UpstreamResponseTooLarge        upstream_response_too_large (502)
     + RefreshBusy                       refresh_busy (lock/lease wait timed out: transient)
     + StoreUnavailable                  store_unavailable (a write kept failing: transient)
     + RateLimited                       rate_limited
@@ -52,6 +58,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AlreadyExists",
     "AuthError",
+    "BadRequest",
     "CatalogError",
     "CodeExchangeFailed",
     "ConfigError",
@@ -67,6 +74,7 @@ __all__ = [
     "InvalidIdToken",
     "InvalidInput",
     "InvalidProviderSettings",
+    "InvalidProxyPath",
     "InvalidState",
     "IssuerMismatch",
     "MalformedJson",
@@ -75,9 +83,11 @@ __all__ = [
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
+    "ProxyNotConfigured",
     "RateLimited",
     "RefreshBusy",
     "RefreshTokenRejected",
+    "RequestTooLarge",
     "ReturnToNotAllowed",
     "TokenExportDisabled",
     "TokensAlreadyRetrieved",
@@ -85,6 +95,8 @@ __all__ = [
     "UnknownKeyId",
     "UnknownProvider",
     "UnsafeUrl",
+    "UpstreamResponseTooLarge",
+    "UpstreamTimeout",
     "VaultError",
     "VaultSealed",
 ]
@@ -133,7 +145,10 @@ class DecryptionFailed(VaultError):
 
 
 class UnknownKeyId(DecryptionFailed):
+    """The key that sealed the value is not loaded: an operator problem (503), not tampering."""
+
     code = "unknown_key_id"
+    status = 503
     title = "Stored secret is sealed with a key that is not loaded"
 
 
@@ -202,6 +217,11 @@ class GrantRevoked(Conflict):
     title = "The grant was revoked"
 
 
+class ProxyNotConfigured(Conflict):
+    code = "proxy_not_configured"
+    title = "The integration has no API base URL to proxy to"
+
+
 class InvalidInput(GrantkeeperError):
     code = "invalid_input"
     status = 422
@@ -228,6 +248,28 @@ class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
     status = 415
     title = "Send application/json"
+
+
+class InvalidProxyPath(InvalidInput):
+    """The proxy path could leave the API base URL (traversal, another host, bad bytes)."""
+
+    code = "invalid_proxy_path"
+    status = 400
+    title = "The proxy path is not allowed"
+
+
+class BadRequest(InvalidInput):
+    """Malformed HTTP framing, e.g. both Content-Length and Transfer-Encoding."""
+
+    code = "bad_request"
+    status = 400
+    title = "Bad request"
+
+
+class RequestTooLarge(InvalidInput):
+    code = "payload_too_large"
+    status = 413
+    title = "Request body too large"
 
 
 class TokenExportDisabled(GrantkeeperError):
@@ -298,6 +340,18 @@ class ProviderRejected(ProviderError):
     code = "provider_rejected"
     status = 502
     title = "The provider rejected the request"
+
+
+class UpstreamTimeout(ProviderError):
+    code = "upstream_timeout"
+    status = 504
+    title = "The provider's API did not answer in time"
+
+
+class UpstreamResponseTooLarge(ProviderError):
+    code = "upstream_response_too_large"
+    status = 502
+    title = "The provider's response exceeds the proxy's size limit"
 
 
 class RefreshBusy(GrantkeeperError):

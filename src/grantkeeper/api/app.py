@@ -22,6 +22,7 @@ from grantkeeper.api.routes import (
     webhooks,
 )
 from grantkeeper.config import Settings
+from grantkeeper.proxy import routes as proxy_routes
 from grantkeeper.runtime import Runtime, open_runtime
 from grantkeeper.web import connect_pages
 from grantkeeper.web.pages import STATIC_DIR
@@ -74,6 +75,7 @@ def create_app(
     for module in (providers, integrations, connect, grants, webhooks, audit, health):
         app.include_router(module.router)
     app.include_router(connect_pages.router)
+    app.include_router(proxy_routes.router)
     _mount_optional(app)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
@@ -82,11 +84,7 @@ def create_app(
 
 
 def _mount_optional(app: FastAPI) -> None:
-    """Routers that live in their own packages (proxy, admin UI) when present."""
-    with contextlib.suppress(ImportError):
-        from grantkeeper.proxy.routes import router as proxy_router
-
-        app.include_router(proxy_router)
+    """Routers that live in their own packages (admin UI) when present."""
     with contextlib.suppress(ImportError):
         from grantkeeper.web.admin import router as admin_router
 
