@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from grantkeeper.errors import (
     GrantkeeperError,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     RefreshBusy,
@@ -106,8 +107,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GrantkeeperError)
+        # provider-side and transient failures are the provider's or the moment's, not ours
         if exc.status >= 500 and not isinstance(
-            exc, ProviderUnavailable | RefreshBusy | StoreUnavailable
+            exc, ProviderError | RefreshBusy | StoreUnavailable
         ):
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
         return error_response(exc)
