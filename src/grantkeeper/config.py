@@ -100,7 +100,6 @@ class Settings(BaseSettings):
 
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1, le=100)
-    webhook_tolerance: int = Field(default=300, ge=1)
     #: first retry delay of a failed delivery; doubles per attempt up to an hour
     webhook_retry_base: float = Field(default=5.0, gt=0)
 
