@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.errors import Forbidden, InvalidInput, Unauthenticated
 from grantkeeper.store import keys as key_store
+from grantkeeper.store.records import ApiKeyRecord
 
-__all__ = ["SCOPES", "Principal", "authenticate", "create_key", "parse_key"]
+__all__ = ["SCOPES", "Principal", "authenticate", "create_key", "parse_key", "verify"]
 
 SCOPES = frozenset(
     {
@@ -84,7 +85,9 @@ async def create_key(
     """Returns (key id, the full key). The key is shown once and never stored."""
     bad = sorted(set(scopes) - SCOPES)
     if bad or not scopes:
-        raise InvalidInput(f"unknown scope(s): {', '.join(bad)}" if bad else "at least one scope is required")
+        raise InvalidInput(
+            f"unknown scope(s): {', '.join(bad)}" if bad else "at least one scope is required"
+        )
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     await key_store.insert_key(
@@ -104,6 +107,11 @@ async def authenticate(conn: AsyncConnection, raw: str | None) -> Principal:
     """Unknown key, wrong secret and revoked key all raise the same ``Unauthenticated``."""
     parsed = parse_key(raw) if raw else None
     record = await key_store.get(conn, parsed[0]) if parsed else None
+    return verify(parsed, record)
+
+
+def verify(parsed: tuple[str, str] | None, record: ApiKeyRecord | None) -> Principal:
+    """The check behind ``authenticate``, for callers that read the key row themselves."""
     presented = hash_secret(parsed[1]) if parsed else _DUMMY_HASH
     expected = record.secret_hash if record is not None else _DUMMY_HASH
     ok = hmac.compare_digest(presented, expected)
@@ -113,5 +121,7 @@ async def authenticate(conn: AsyncConnection, raw: str | None) -> Principal:
         key_id=record.id,
         environment_id=record.environment_id,
         scopes=frozenset(record.scopes),
-        integration_ids=frozenset(record.integration_ids) if record.integration_ids is not None else None,
+        integration_ids=frozenset(record.integration_ids)
+        if record.integration_ids is not None
+        else None,
     )

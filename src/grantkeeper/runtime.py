@@ -19,6 +19,7 @@ from grantkeeper.netguard import GuardedResolver
 from grantkeeper.oauth.discovery import DiscoveryCache
 from grantkeeper.providers import Catalog, load_catalog
 from grantkeeper.store.db import create_engine
+from grantkeeper.store.hotpath import HotPath
 from grantkeeper.vault import Vault, load_keyring
 
 __all__ = ["Runtime", "open_runtime"]
@@ -41,8 +42,12 @@ class Runtime:
     #: in-process coalescing of refreshes: grant id -> the running refresh (an optimisation
     #: only; the database lease is what makes refresh single-flight across processes)
     inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    #: the token read's own small asyncpg pool (PostgreSQL; opened on first use)
+    hotpath: HotPath | None = None
 
     async def close(self) -> None:
+        if self.hotpath is not None:
+            await self.hotpath.close()
         await self.http.close()
         await self.engine.dispose()
 
@@ -71,9 +76,10 @@ async def open_runtime(
 ) -> Runtime:
     vault = Vault(load_keyring(settings))
     http = new_http_session(settings)
+    eng = engine or create_engine(settings)
     return Runtime(
         settings=settings,
-        engine=engine or create_engine(settings),
+        engine=eng,
         vault=vault,
         catalog=load_catalog(),
         http=http,
@@ -83,4 +89,7 @@ async def open_runtime(
         metrics=Metrics(),
         clock=clock or SystemClock(),
         instance_id=f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}",
+        hotpath=HotPath.for_engine(eng, settings.db_pool_size)
+        if eng.dialect.name == "postgresql"
+        else None,
     )

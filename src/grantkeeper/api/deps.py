@@ -11,7 +11,7 @@ from grantkeeper.errors import Unauthenticated
 from grantkeeper.runtime import Runtime
 from grantkeeper.store.db import reading
 
-__all__ = ["PrincipalDep", "RuntimeDep", "bearer", "get_principal", "get_runtime"]
+__all__ = ["PrincipalDep", "RuntimeDep", "bearer", "get_principal", "get_runtime", "parse_bearer"]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -21,7 +21,11 @@ def get_runtime(request: Request) -> Runtime:
 
 def bearer(request: Request) -> str | None:
     """The bearer credential; duplicated or malformed Authorization headers count as none."""
-    values = request.headers.getlist("authorization")
+    return parse_bearer(request.headers.getlist("authorization"))
+
+
+def parse_bearer(values: list[str]) -> str | None:
+    """``bearer`` on the Authorization header values already picked out of a request."""
     if len(values) != 1:
         return None
     scheme, _, cred = values[0].partition(" ")
