@@ -131,3 +131,73 @@ def test_errors_are_problem_json_without_stack_traces(gk: Server) -> None:
         if r.request.method != "TRACE":
             assert r.headers["content-type"].startswith("application/problem+json"), r.headers
     assert "Traceback" not in gk.log_text()
+
+
+def _key(server: Server, *scopes: str) -> str:
+    import json
+
+    args = ["api-keys", "create", "--name", "ro", "--json"]
+    for s in scopes:
+        args += ["--scope", s]
+    return str(json.loads(server.cli(*args).stdout)["key"])
+
+
+def _imported(server: Server, user: str) -> httpx.Response:
+    with server.client() as c:
+        c.put(
+            "/v1/integrations/adv",
+            json={
+                "provider": "oauth2",
+                "client_id": "c",
+                "client_secret": "s",
+                "scopes": [],
+                "return_urls": ["https://app.example/done"],
+                "endpoints": {"authorization_url": "https://idp.example/a", "token_url": "https://idp.example/t"},
+                "api_base_url": "https://api.example",
+            },
+        ).raise_for_status()
+        return c.post(
+            "/v1/grants",
+            json={"integration_id": "adv", "user_id": user, "refresh_token": "rt-x", "access_token": "at-x", "verify": False},
+        )
+
+
+def test_read_only_key_cannot_revoke_or_write_through_the_proxy(gk: Server) -> None:
+    """16: a read-only key (grants:read) calling revoke, token, proxy writes or imports -> 403."""
+    gid = _imported(gk, "u-ro").json()["id"]
+    ro = _key(gk, "grants:read")
+    with gk.client(ro) as c:
+        assert c.get(f"/v1/grants/{gid}").status_code == 200
+        for r in (
+            c.delete(f"/v1/grants/{gid}"),
+            c.post(f"/v1/grants/{gid}/token", json={}),
+            c.post(f"/v1/proxy/{gid}/anything", json={"a": 1}),
+            c.delete(f"/v1/proxy/{gid}/anything"),
+            c.post("/v1/grants", json={"integration_id": "adv", "user_id": "x", "refresh_token": "r", "verify": False}),
+            c.post("/v1/webhook-endpoints", json={"url": "https://hooks.example/x", "events": ["grant.created"]}),
+        ):
+            assert r.status_code == 403, (r.request.method, r.request.url.path, r.status_code)
+            assert r.json()["code"] == "forbidden"
+    with gk.client() as c:
+        assert c.get(f"/v1/grants/{gid}").json()["status"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("user", "\uff55ser"), ("admin", "adm\u0456n"), ("abc", "\u202eabc"), ("caf\u00e9", "cafe\u0301")],
+)
+def test_look_alike_user_ids_never_collide(gk: Server, a: str, b: str) -> None:
+    """7: look-alikes (fullwidth, Cyrillic, NFC vs NFD) are different users: no collision,
+    no NFC folding; an RTL override is refused as a control character or kept apart."""
+    ra = _imported(gk, a)
+    assert ra.status_code == 201, ra.text
+    rb = _imported(gk, b)
+    if rb.status_code == 422:
+        assert "\u202e" in b  # bidi controls are refused outright
+        return
+    assert rb.status_code == 201, rb.text
+    assert ra.json()["id"] != rb.json()["id"]
+    assert rb.json()["user_id"] == b
+    with gk.client() as c:
+        only_a = c.get("/v1/grants", params={"user_id": a}).json()["data"]
+        assert [g["id"] for g in only_a] == [ra.json()["id"]]
