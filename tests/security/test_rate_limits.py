@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 from tests.support.gk import (
     Server,
+    WebhookSink,
     free_port,
     master_key,
     new_database,
@@ -222,3 +223,42 @@ def test_bucket_arithmetic(backend: str, tmp_path: Path) -> None:
         asyncio.run(go())
     finally:
         db.drop()
+
+
+def test_proxy_is_limited_per_key(limited: Server, webhook_sink: WebhookSink) -> None:
+    """The proxy shares the scheme: its own bucket per key, 429 + Retry-After once spent."""
+    base = webhook_sink.url.rsplit("/", 1)[0]
+    with limited.client() as c:
+        r = c.put(
+            "/v1/integrations/px",
+            json={
+                "provider": "oauth2",
+                "client_id": "cid",
+                "client_secret": "csecret",
+                "scopes": ["read"],
+                "return_urls": [RETURN],
+                "endpoints": {
+                    "authorization_url": "https://idp.example/authorize",
+                    "token_url": "https://idp.example/token",
+                },
+                "api_base_url": base,
+            },
+        )
+        assert r.status_code in (200, 201), r.text
+        g = c.post(
+            "/v1/grants",
+            json={
+                "integration_id": "px",
+                "user_id": "u",
+                "refresh_token": "rt",
+                "access_token": "at",
+                "expires_at": "2099-01-01T00:00:00Z",
+                "verify": False,
+            },
+        )
+        assert g.status_code == 201, g.text
+        gid = g.json()["id"]
+        codes = [c.post(f"/v1/proxy/{gid}/hooks", json={"n": i}).status_code for i in range(3)]
+        assert codes == [204, 204, 204], codes
+        _assert_429(c.post(f"/v1/proxy/{gid}/hooks", json={"n": 4}))
+    assert len(webhook_sink.received) == 3

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from yarl import URL
 
-from grantkeeper import audit
+from grantkeeper import audit, ratelimit
 from grantkeeper.api.deps import bearer
 from grantkeeper.apikeys import Principal, authenticate
 from grantkeeper.errors import (
@@ -168,6 +168,7 @@ async def proxy(request: Request, grant_id: str, path: str) -> Response:
         principal.require("proxy")
         rec = await get_visible(conn, principal.environment_id, grant_id, principal.integration_ids)
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
+    await ratelimit.enforce(rt, principal.key_id, "proxy")
     if integ is None:
         raise NotFound("no such grant")
     method = request.method
