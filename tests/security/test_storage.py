@@ -41,6 +41,14 @@ def test_audit_log_holds_no_token_values(gk: Server, oidc: OidcServer, fake_as: 
     with gk.client() as c:
         api_dump = json.dumps(c.get("/v1/audit-events", params={"limit": 200}).json())
     assert not [s for s in ex.secrets if s and s in api_dump]
+    # events from every write path (including the PostgreSQL hot path's raw INSERT) chain
+    from tests.security.test_audit_chain import _seal_all, _verify_cli
+
+    _seal_all(gk)  # whatever the worker has not sealed yet
+    code, out = _verify_cli(gk)
+    assert code == 0, out
+    default = next(e for e in out["environments"] if e["name"] == "default")
+    assert default["pending"] == 0 and default["sealed"] >= len(rows)
 
 
 @pytest.mark.parametrize("key", ["access_token", "refresh_token", "id_token", "client_secret", "code_verifier", "api_key"])
