@@ -43,7 +43,9 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_url(url: str, *, allow_private: bool, what: str = "URL", require_https: bool = True) -> str:
+def check_url(
+    url: str, *, allow_private: bool, what: str = "URL", require_https: bool = True
+) -> str:
     """Validate an absolute http(s) URL that grantkeeper will call; return it normalised.
 
     Refuses userinfo, non-http(s) schemes, and (unless ``allow_private``) hosts
