@@ -51,8 +51,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size * 4,
+        # the same cap as "db_pool_size + 4 x overflow", but all of it pooled: overflow
+        # connections are closed whenever they come back to a full pool, and under
+        # sustained concurrency (the proactive refresh worker, refresh storms) that
+        # reconnected several times per second (connect, TLS probe, codec setup, and
+        # the prepared statement cache lost each time). Connections open only on demand.
+        pool_size=settings.db_pool_size * 5,
+        max_overflow=0,
         pool_pre_ping=False,
         # asyncpg's reset-on-release costs more than the query (PERF-NOTES)
         pool_reset_on_return="rollback",
