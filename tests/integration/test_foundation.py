@@ -547,7 +547,11 @@ def test_sql_injection_is_a_literal(srv: Server, value: str) -> None:
         assert c.get("/v1/integrations").status_code == 200  # nothing dropped
 
 
-@pytest.mark.parametrize("bad", ["x", f"{{{uuid.uuid4()}}}", "%00", "%2e%2e", str(uuid.uuid4()).upper(), str(uuid.uuid4()) + "0", "a" * 5000, "%F0%9F%92%A9"])
+@pytest.mark.parametrize(
+    "bad",
+    ["x", f"{{{uuid.uuid4()}}}", "%00", "%2e%2e", str(uuid.uuid4()).upper(), str(uuid.uuid4()) + "0", "a" * 5000, "%F0%9F%92%A9"],
+    ids=["x", "braced", "nul", "dotdot", "upper", "too-long", "5000a", "emoji"],
+)
 def test_bad_uuids_are_404(srv: Server, bad: str) -> None:
     with srv.client() as c:
         for method, path in (

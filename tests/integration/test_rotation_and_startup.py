@@ -412,6 +412,7 @@ def _b64(n: int) -> str:
         ("ok:" + _b64(32) + ",bad id:" + _b64(32), "entry 2"),
         (",", "no key"),
     ],
+    ids=["short", "long", "not-base64", "duplicate-id", "no-id", "bad-id", "empty"],
 )
 def test_malformed_master_keys_refuse_to_start(tmp_path: Path, db_url: str, keys: str, named: str) -> None:
     out = _run_cli({"GRANTKEEPER_DATABASE_URL": db_url.format(tmp=tmp_path), "GRANTKEEPER_MASTER_KEYS": keys}, "serve", "--port", "1")
