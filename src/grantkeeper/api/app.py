@@ -24,7 +24,7 @@ from grantkeeper.api.routes import (
 from grantkeeper.config import Settings
 from grantkeeper.proxy import routes as proxy_routes
 from grantkeeper.runtime import Runtime, open_runtime
-from grantkeeper.web import connect_pages
+from grantkeeper.web import admin, connect_pages
 from grantkeeper.web.pages import STATIC_DIR
 
 __all__ = ["create_app"]
@@ -76,16 +76,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(connect_pages.router)
     app.include_router(proxy_routes.router)
-    _mount_optional(app)
+    app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     return app
-
-
-def _mount_optional(app: FastAPI) -> None:
-    """Routers that live in their own packages (admin UI) when present."""
-    with contextlib.suppress(ImportError):
-        from grantkeeper.web.admin import router as admin_router
-
-        app.include_router(admin_router)
