@@ -87,11 +87,15 @@ def provider_section(spec: ProviderSpec) -> list[str]:
     lines.extend(endpoints(spec))
     details = [f"- Token endpoint authentication: `{spec.token_endpoint_auth_method}`"]
     details.append(f"- PKCE: {'yes' if spec.pkce else 'no'}")
+    if spec.alias_of:
+        details.append(f"- Preset of [{spec.alias_of}](#{spec.alias_of}) (same endpoints)")
     if spec.default_scopes:
         scopes = spec.scope_separator.join(spec.default_scopes)
         details.append(f"- Default scopes: `{scopes}`")
     if spec.offline_scope:
         details.append(f"- Added for a refresh token: `{spec.offline_scope}`")
+    for scope, text in spec.scope_descriptions.items():
+        details.append(f"  - `{scope}`: {cell(text)}")
     if spec.authorization_params:
         pairs = ", ".join(f"{k}={v}" for k, v in spec.authorization_params.items())
         details.append(f"- Authorization parameters: `{pairs}`")
@@ -139,6 +143,33 @@ def provider_section(spec: ProviderSpec) -> list[str]:
     return lines
 
 
+def counts_by_kind(specs: list[ProviderSpec]) -> list[str]:
+    """A table of entries per auth mode, each linking to its list."""
+    by_kind: dict[str, list[str]] = {}
+    for spec in specs:
+        by_kind.setdefault(spec.auth_mode, []).append(spec.name)
+    lines = ["## By credential kind", "", "| Kind | Entries |", "| --- | --- |"]
+    lines.extend(f"| `{kind}` | {len(names)} |" for kind, names in sorted(by_kind.items()))
+    lines.append("")
+    for kind, names in sorted(by_kind.items()):
+        links = ", ".join(f"[{name}](#{name})" for name in names)
+        lines.extend([f"### Kind `{kind}`", "", links, ""])
+    return lines
+
+
+def index_by_category(specs: list[ProviderSpec]) -> list[str]:
+    """Every category with the entries in it."""
+    by_category: dict[str, list[str]] = {}
+    for spec in specs:
+        for category in spec.categories:
+            by_category.setdefault(category, []).append(spec.name)
+    lines = ["## By category", ""]
+    for category, names in sorted(by_category.items()):
+        links = ", ".join(f"[{name}](#{name})" for name in names)
+        lines.extend([f"### Category `{category}` ({len(names)})", "", links, ""])
+    return lines
+
+
 def render(catalog: Catalog) -> str:
     specs = catalog.all()
     lines = [
@@ -155,9 +186,17 @@ def render(catalog: Catalog) -> str:
         'Abbreviations: RT = refresh token, AT = access token; "assumed" is the lifetime used'
         " when the token response carries no `expires_in`.",
         "",
-        "| Name | Display name | Categories | Auth mode | Refresh behaviour |",
-        "| --- | --- | --- | --- | --- |",
     ]
+    lines.extend(counts_by_kind(specs))
+    lines.extend(index_by_category(specs))
+    lines.extend(
+        [
+            "## All entries",
+            "",
+            "| Name | Display name | Categories | Auth mode | Refresh behaviour |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+    )
     for spec in specs:
         lines.append(
             f"| [{spec.name}](#{spec.name}) | {cell(spec.display_name)} | "

@@ -323,6 +323,11 @@ class ProviderSpec(_Model):
     default_scopes: tuple[str, ...] = ()
     scope_separator: str = " "
     offline_scope: str | None = None
+    #: Plain-language descriptions of scopes, shown on the Connect page. Every default scope
+    #: and the offline scope must be described; other scopes may be.
+    scope_descriptions: dict[str, str] = Field(default_factory=dict)
+    #: The entry this one is a preset of (same endpoints, other default scopes or name).
+    alias_of: str | None = Field(default=None, pattern=rf"^{NAME_PATTERN}$")
     authorization_params: dict[str, str] = Field(default_factory=dict)
     consent_params: dict[str, str] = Field(default_factory=dict)
     token_params: dict[str, str] = Field(default_factory=dict)
@@ -360,6 +365,16 @@ class ProviderSpec(_Model):
                 raise ValueError(f"invalid scope {scope!r}")
         return value
 
+    @field_validator("scope_descriptions")
+    @classmethod
+    def _scope_descriptions(cls, value: dict[str, str]) -> dict[str, str]:
+        for scope, text in value.items():
+            if not scope or any(ch.isspace() for ch in scope):
+                raise ValueError(f"invalid scope {scope!r}")
+            if not text.strip() or "\n" in text:
+                raise ValueError(f"scope {scope!r}: the description must be one non-empty line")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ProviderSpec:
         setting_names = [s.name for s in self.settings]
@@ -392,6 +407,11 @@ class ProviderSpec(_Model):
         quirk_ids = [q.id for q in self.quirks]
         if len(set(quirk_ids)) != len(quirk_ids):
             raise ValueError("duplicate quirk ids")
+        undescribed = [s for s in self.requested_scopes() if s not in self.scope_descriptions]
+        if undescribed:
+            raise ValueError(f"scope_descriptions: scopes {undescribed} are not described")
+        if self.alias_of == self.name:
+            raise ValueError("alias_of: an entry cannot be an alias of itself")
         self._check_hooks()
         return self
 
@@ -455,6 +475,17 @@ class ProviderSpec(_Model):
             api_base_url=one(self.api_base_url),
         )
 
+    def requested_scopes(self) -> list[str]:
+        """The default scopes plus the offline scope: what a Connect page shows by default."""
+        scopes = list(self.default_scopes)
+        if self.offline_scope:
+            scopes.append(self.offline_scope)
+        return list(dict.fromkeys(scopes))
+
+    def describe_scope(self, scope: str) -> str | None:
+        """The plain-language description of ``scope``, if the entry has one."""
+        return self.scope_descriptions.get(scope)
+
     def scope_string(self, scopes: Sequence[str], *, offline: bool) -> str:
         """The ``scope`` parameter: ``scopes`` (or the defaults) plus ``offline_scope``."""
         wanted = list(scopes) if scopes else list(self.default_scopes)
@@ -484,6 +515,16 @@ class Catalog:
             if spec.name in by_name:
                 raise CatalogError(f"duplicate provider name {spec.name!r}")
             by_name[spec.name] = spec
+        for spec in by_name.values():
+            if spec.alias_of is None:
+                continue
+            target = by_name.get(spec.alias_of)
+            if target is None:
+                raise CatalogError(f"{spec.name}: alias_of names no entry ({spec.alias_of!r})")
+            if target.alias_of is not None:
+                raise CatalogError(f"{spec.name}: alias_of names an alias ({spec.alias_of!r})")
+            if target.auth_mode != spec.auth_mode:
+                raise CatalogError(f"{spec.name}: alias_of names an entry of another auth_mode")
         self._specs = dict(sorted(by_name.items()))
 
     def get(self, name: str) -> ProviderSpec:
