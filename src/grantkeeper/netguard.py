@@ -1,8 +1,9 @@
 """Where outgoing requests may go (SSRF defence).
 
-Checked twice: when a URL is configured (``check_url``) and when a host name
-resolves (``GuardedResolver``), so DNS cannot point an allowed name at a
-private address later.
+Checked twice: when a URL is configured or discovered (``check_url``) and when a
+connection is opened (``GuardedConnector`` with ``GuardedResolver``), so DNS cannot
+point an allowed name at a private address later. aiohttp never asks the resolver
+about an IP literal, so the connector checks those itself.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from grantkeeper.errors import UnsafeUrl
 
-__all__ = ["GuardedResolver", "check_url", "is_loopback_host", "is_public_ip"]
+__all__ = [
+    "GuardedConnector",
+    "GuardedResolver",
+    "check_url",
+    "is_loopback_host",
+    "is_public_ip",
+]
 
 
 def is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -102,3 +113,26 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class GuardedConnector(TCPConnector):
+    """A TCP connector whose every target address passes the guard, IP literals included.
+
+    aiohttp resolves an IP literal host itself, without the resolver; this checks the
+    addresses ``_resolve_host`` hands back whatever their source (redirects too).
+    """
+
+    def __init__(self, *, allow_private: bool, **kw: Any) -> None:
+        super().__init__(resolver=GuardedResolver(allow_private), **kw)
+        self._gk_allow_private = allow_private
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
+    ) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, traces)  # type: ignore[arg-type]
+        if self._gk_allow_private:
+            return results
+        safe = [r for r in results if is_public_ip(ipaddress.ip_address(r["host"]))]
+        if not safe:
+            raise OSError(f"{host} is not a public address")
+        return safe

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from grantkeeper.clock import Clock, SystemClock
 from grantkeeper.config import Settings
 from grantkeeper.metrics import Metrics
-from grantkeeper.netguard import GuardedResolver
+from grantkeeper.netguard import GuardedConnector
 from grantkeeper.oauth.discovery import DiscoveryCache
 from grantkeeper.providers import Catalog, load_catalog
 from grantkeeper.store.db import create_engine
@@ -53,8 +53,8 @@ class Runtime:
 
 
 def new_http_session(settings: Settings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(settings.allow_private_networks),
+    connector = GuardedConnector(
+        allow_private=settings.allow_private_networks,
         limit=256,
         limit_per_host=64,
         ttl_dns_cache=60,

@@ -193,3 +193,99 @@ async def test_resolver_refuses_names_resolving_only_to_private() -> None:
 async def test_resolver_allows_private_in_development() -> None:
     r = _guarded(True, ["127.0.0.1"])
     assert [x["host"] for x in await r.resolve("localhost", 80)] == ["127.0.0.1"]
+
+
+# ------------------------------------------------------------------ IP literals: the connector
+
+
+async def test_ip_literal_targets_go_through_the_guard() -> None:
+    """aiohttp never calls the resolver for an IP literal: the connector must guard it too."""
+    import aiohttp
+    from aiohttp import web
+
+    from grantkeeper.config import Settings
+    from grantkeeper.runtime import new_http_session
+
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="secret")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        strict = new_http_session(Settings(allow_private_networks=False))
+        try:
+            for url in (f"http://127.0.0.1:{port}/meta", f"http://[::ffff:127.0.0.1]:{port}/meta"):
+                with pytest.raises((OSError, aiohttp.ClientError)):
+                    async with strict.get(url) as resp:
+                        await resp.read()
+        finally:
+            await strict.close()
+        assert hits == []
+        dev = new_http_session(Settings(allow_private_networks=True))
+        try:
+            async with dev.get(f"http://127.0.0.1:{port}/ok") as resp:
+                assert resp.status == 200
+        finally:
+            await dev.close()
+        assert hits == ["/ok"]
+    finally:
+        await runner.cleanup()
+
+
+# ------------------------------------------------------------------ discovered URLs
+
+
+class _Doc:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+
+def _cache_serving(doc: dict[str, Any], *, allow_private: bool) -> Any:
+    from grantkeeper.oauth.discovery import DiscoveryCache
+
+    class Served(DiscoveryCache):
+        async def _get_json(self, url: str) -> dict[str, Any]:
+            return dict(doc)
+
+    return Served(None, allow_private=allow_private, timeout=5)  # type: ignore[arg-type]
+
+
+_ISSUER = "https://idp.example.com"
+_GOOD = {
+    "issuer": _ISSUER,
+    "authorization_endpoint": f"{_ISSUER}/auth",
+    "token_endpoint": f"{_ISSUER}/token",
+    "jwks_uri": f"{_ISSUER}/jwks",
+    "userinfo_endpoint": f"{_ISSUER}/me",
+    "revocation_endpoint": f"{_ISSUER}/revoke",
+}
+
+
+@pytest.mark.parametrize("field", ["jwks_uri", "userinfo_endpoint", "revocation_endpoint"])
+@pytest.mark.parametrize(
+    "bad", ["http://169.254.169.254/latest/meta-data/", "https://10.0.0.1/x", "file:///etc/passwd", "https://u:p@idp.example.com/"]
+)
+async def test_discovered_urls_go_through_the_guard(field: str, bad: str) -> None:
+    cache = _cache_serving({**_GOOD, field: bad}, allow_private=False)
+    with pytest.raises(UnsafeUrl) as info:
+        await cache.metadata(_ISSUER)
+    assert field.split("_")[0] in str(info.value)
+
+
+async def test_discovered_urls_pass_when_public() -> None:
+    meta = await _cache_serving(_GOOD, allow_private=False).metadata(_ISSUER)
+    assert meta.jwks_uri == f"{_ISSUER}/jwks" and meta.revocation_endpoint == f"{_ISSUER}/revoke"
+
+
+async def test_discovered_private_urls_allowed_in_development() -> None:
+    doc = {**_GOOD, "jwks_uri": "http://127.0.0.1:9/jwks"}
+    meta = await _cache_serving(doc, allow_private=True).metadata(_ISSUER)
+    assert meta.jwks_uri == "http://127.0.0.1:9/jwks"

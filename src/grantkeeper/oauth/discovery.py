@@ -33,6 +33,11 @@ class ProviderMetadata:
     code_challenge_methods_supported: tuple[str, ...]
 
 
+def _opt_str(value: Any) -> str | None:
+    """An optional URL member: anything but a non-empty string counts as absent."""
+    return value if isinstance(value, str) and value else None
+
+
 class DiscoveryCache:
     def __init__(
         self,
@@ -82,9 +87,9 @@ class DiscoveryCache:
                 issuer=issuer,
                 authorization_endpoint=str(doc["authorization_endpoint"]),
                 token_endpoint=str(doc["token_endpoint"]),
-                jwks_uri=doc.get("jwks_uri"),
-                userinfo_endpoint=doc.get("userinfo_endpoint"),
-                revocation_endpoint=doc.get("revocation_endpoint"),
+                jwks_uri=_opt_str(doc.get("jwks_uri")),
+                userinfo_endpoint=_opt_str(doc.get("userinfo_endpoint")),
+                revocation_endpoint=_opt_str(doc.get("revocation_endpoint")),
                 iss_parameter_supported=bool(
                     doc.get("authorization_response_iss_parameter_supported")
                 ),
@@ -97,8 +102,16 @@ class DiscoveryCache:
             )
         except KeyError as exc:
             raise ProviderUnavailable(f"provider metadata lacks {exc.args[0]}") from None
-        for url in (meta.authorization_endpoint, meta.token_endpoint):
-            check_url(url, allow_private=self._allow_private, what="provider endpoint")
+        # every URL the vault will call, not only the two it calls first (SSRF, C13)
+        for what, url in (
+            ("authorization_endpoint", meta.authorization_endpoint),
+            ("token_endpoint", meta.token_endpoint),
+            ("jwks_uri", meta.jwks_uri),
+            ("userinfo_endpoint", meta.userinfo_endpoint),
+            ("revocation_endpoint", meta.revocation_endpoint),
+        ):
+            if url is not None:
+                check_url(url, allow_private=self._allow_private, what=f"discovered {what}")
         self._meta[issuer] = (time.monotonic() + self._ttl, meta)
         return meta
 
