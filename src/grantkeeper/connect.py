@@ -36,7 +36,7 @@ from grantkeeper.errors import (
     TokensAlreadyRetrieved,
 )
 from grantkeeper.grants import get_visible, save_connected
-from grantkeeper.inputs import CreateConnectSession
+from grantkeeper.inputs import RESERVED_AUTHORIZATION_PARAMS, CreateConnectSession
 from grantkeeper.integrations import ResolvedIntegration, get_or_404, resolve
 from grantkeeper.oauth.idtoken import validate_id_token
 from grantkeeper.oauth.rfc7636 import new_verifier, s256_challenge
@@ -222,17 +222,29 @@ async def begin(rt: Runtime, url_token: str) -> BeginResult:
         if not ok:
             raise InvalidState("this connect link was already used", return_to=sess.return_to)
     scopes = tuple(sess.scopes) if sess.scopes is not None else tuple(resolved.record.scopes)
-    params: dict[str, str] = {
-        "response_type": "code",
-        "client_id": resolved.client.client_id,
-        "redirect_uri": rt.settings.callback_url,
-        "state": state,
-    }
+    # the catalog's and the integration's extras first, so neither can replace a
+    # protocol parameter (rows written before PUT refused reserved names included)
+    params: dict[str, str] = dict(spec.authorization_params)
+    params.update(
+        (k, v)
+        for k, v in resolved.record.authorization_params.items()
+        if k.lower() not in RESERVED_AUTHORIZATION_PARAMS
+    )
+    if consent:
+        # without it the provider may issue no refresh token (OIDC Core 11)
+        params.update(spec.consent_params)
+    params.update(
+        {
+            "response_type": "code",
+            "client_id": resolved.client.client_id,
+            "redirect_uri": rt.settings.callback_url,
+            "state": state,
+        }
+    )
+    params.pop("scope", None)
     scope = spec.scope_string(scopes, offline=spec.refresh.supported)
     if scope:
         params["scope"] = scope
-    params.update(spec.authorization_extra_params(consent=consent))
-    params.update(resolved.record.authorization_params)
     if verifier:
         params["code_challenge"] = s256_challenge(verifier)
         params["code_challenge_method"] = "S256"

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "RESERVED_AUTHORIZATION_PARAMS",
     "CreateConnectSession",
     "CreateWebhookEndpoint",
     "EndpointsInput",
@@ -45,6 +46,35 @@ def _scope_list(v: list[str]) -> list[str]:
     return list(dict.fromkeys(v))
 
 
+#: authorization request parameters the vault sets itself: an integration's
+#: ``authorization_params`` may not name them (compared case-insensitively)
+RESERVED_AUTHORIZATION_PARAMS = frozenset(
+    {
+        "state",
+        "redirect_uri",
+        "client_id",
+        "response_type",
+        "response_mode",
+        "code_challenge",
+        "code_challenge_method",
+        "nonce",
+        "scope",
+        "request",
+        "request_uri",
+    }
+)
+
+
+def _no_reserved_params(v: dict[str, str]) -> dict[str, str]:
+    taken = sorted(k for k in v if k.lower() in RESERVED_AUTHORIZATION_PARAMS)
+    if taken:
+        raise ValueError(
+            f"authorization_params must not set {', '.join(taken)}: the vault sets "
+            "these itself (use 'scopes' for the scope)"
+        )
+    return v
+
+
 Printable = Annotated[str, AfterValidator(_printable)]
 UserId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)]
 Scopes = Annotated[list[str], Field(max_length=100), AfterValidator(_scope_list)]
@@ -75,10 +105,14 @@ class IntegrationInput(_In):
     ) = None
     scopes: Scopes = Field(default_factory=list)
     return_urls: Annotated[list[Url], Field(min_length=1, max_length=50)]
-    authorization_params: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
-        Annotated[str, Field(max_length=500), AfterValidator(_printable)],
-    ] = Field(default_factory=dict, max_length=30)
+    authorization_params: Annotated[
+        dict[
+            Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+            Annotated[str, Field(max_length=500), AfterValidator(_printable)],
+        ],
+        Field(max_length=30),
+        AfterValidator(_no_reserved_params),
+    ] = Field(default_factory=dict)
     issuer: Url | None = None
     endpoints: EndpointsInput | None = None
     api_base_url: Url | None = None

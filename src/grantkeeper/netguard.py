@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
-
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -129,7 +128,7 @@ class GuardedConnector(TCPConnector):
     async def _resolve_host(
         self, host: str, port: int, traces: Sequence[Any] | None = None
     ) -> list[ResolveResult]:
-        results = await super()._resolve_host(host, port, traces)  # type: ignore[arg-type]
+        results = await super()._resolve_host(host, port, traces)
         if self._gk_allow_private:
             return results
         safe = [r for r in results if is_public_ip(ipaddress.ip_address(r["host"]))]

@@ -34,6 +34,7 @@ __all__ = [
     "integrations",
     "metadata",
     "rate_limits",
+    "ui_sign_outs",
     "webhook_deliveries",
     "webhook_endpoints",
     "webhook_events",
@@ -87,10 +88,12 @@ integrations = Table(
     Column("scopes", JSON, nullable=False),
     Column("return_urls", JSON, nullable=False),
     Column("authorization_params", JSON, nullable=False),
-    Column("issuer", String(1000), nullable=True),
+    # URLs are Text: their length is checked at the API (2000), not by a column that
+    # only PostgreSQL enforces
+    Column("issuer", Text, nullable=True),
     Column("endpoints", JSON, nullable=True),
     Column("settings", JSON, nullable=False),
-    Column("api_base_url", String(1000), nullable=True),
+    Column("api_base_url", Text, nullable=True),
     Column("token_export", String(10), nullable=False),
     Column("connect_page", Boolean, nullable=False),
     Column("created_at", Double, nullable=False),
@@ -128,7 +131,7 @@ grants = Table(
     Column("failed_at", Double, nullable=True),
     # non-secret extras of the token response the provider's API needs (e.g. instance_url)
     Column("token_extra", JSON, nullable=False),
-    Column("api_base_url", String(1000), nullable=True),
+    Column("api_base_url", Text, nullable=True),
     Column("created_via", String(16), nullable=False),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
@@ -154,7 +157,7 @@ connect_sessions = Table(
     Column("state_hash", LargeBinary(32), nullable=True, unique=True),
     Column("verifier_ct", LargeBinary, nullable=True),
     Column("nonce_hash", LargeBinary(32), nullable=True),
-    Column("expected_issuer", String(1000), nullable=True),
+    Column("expected_issuer", Text, nullable=True),
     Column("consent", Boolean, nullable=False),
     Column("reconnect_grant_id", ID, nullable=True),
     Column("grant_id", ID, nullable=True),
@@ -238,4 +241,14 @@ rate_limits = Table(
     Column("bucket", String(120), primary_key=True),
     Column("tokens", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+)
+
+#: admin UI sessions ended by sign-out before their cookie expires (the cookie is
+#: stateless; this is what makes sign-out end it on the server)
+ui_sign_outs = Table(
+    "ui_sign_outs",
+    metadata,
+    # SHA-256 of the session nonce
+    Column("nonce_hash", LargeBinary(32), primary_key=True),
+    Column("expires_at", Double, nullable=False),
 )

@@ -45,6 +45,7 @@ from grantkeeper.store import environments as env_store
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store import integrations as integ_store
 from grantkeeper.store import keys as key_store
+from grantkeeper.store import ui_sign_outs as sign_outs
 from grantkeeper.store import webhooks as webhook_store
 from grantkeeper.store.db import reading
 from grantkeeper.store.records import IntegrationRecord
@@ -220,6 +221,8 @@ async def _signed_in(request: Request) -> Ui:
     if token is None:
         raise _SignInRequired
     async with reading(rt.engine) as conn:
+        if await sign_outs.is_signed_out(conn, token.nonce):
+            raise _SignInRequired
         rec = await key_store.get(conn, token.key_id)
         env_name = next(
             (
@@ -372,13 +375,18 @@ async def sign_in(request: Request) -> Response:
 async def sign_out(request: Request) -> Response:
     ui = await _signed_in(request)
     await _form(request, ui)
+    now = ui.rt.clock.now()
     async with ui.rt.engine.begin() as conn:
+        # the cookie is stateless: remember its end here, or a kept copy would still work
+        await sign_outs.record_sign_out(
+            conn, ui.token.nonce, expires_at=ui.token.max_expiry, now=now
+        )
         await audit.record(
             conn,
             environment_id=ui.principal.environment_id,
             actor=ui.principal.actor,
             action="ui.signed_out",
-            now=ui.rt.clock.now(),
+            now=now,
         )
     request.state.ui_renewed = None
     response = _redirect("/ui/sign-in")

@@ -4,7 +4,9 @@ The cookie never holds the API key. It holds the key's id, its environment, the
 issue and expiry times and a random session nonce, signed with HMAC-SHA256 under
 a key derived from the vault's primary key-encryption key (``Vault.derive_key``).
 Every request still re-reads the API key row, so revoking the key (or taking
-away its admin scope) ends the session at once.
+away its admin scope) ends the session at once; sign-out records the session's
+nonce (hashed) in ``ui_sign_outs`` until the cookie would expire, so a kept copy
+of the cookie stops working too.
 
 CSRF tokens are derived from the session nonce (or, before sign-in, from a
 short-lived pre-session cookie) and checked on every POST.

@@ -1,0 +1,43 @@
+"""URL columns as Text; admin UI sign-outs
+
+Revision ID: 0003_w12b_long_urls_ui_sign_outs
+Revises: 0002
+Create Date: 2026-11-30 05:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_w12b_long_urls_ui_sign_outs"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+_URL_COLUMNS = (
+    ("integrations", "issuer"),
+    ("integrations", "api_base_url"),
+    ("grants", "api_base_url"),
+    ("connect_sessions", "expected_issuer"),
+)
+
+
+def upgrade() -> None:
+    # SQLite never enforces VARCHAR lengths; only PostgreSQL needs the wider type
+    if op.get_bind().dialect.name == "postgresql":
+        for table, column in _URL_COLUMNS:
+            op.alter_column(table, column, type_=sa.Text(), existing_nullable=True)
+    op.create_table(
+        "ui_sign_outs",
+        sa.Column("nonce_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("nonce_hash", name=op.f("pk_ui_sign_outs")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("ui_sign_outs")
+    if op.get_bind().dialect.name == "postgresql":
+        for table, column in _URL_COLUMNS:
+            op.alter_column(table, column, type_=sa.String(length=1000), existing_nullable=True)
