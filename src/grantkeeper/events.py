@@ -41,5 +41,6 @@ async def emit(
         grant_id=grant.get("id"),
         payload=payload,
         now=now,
+        integration_id=grant.get("integration_id"),
     )
     return event_id

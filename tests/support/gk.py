@@ -213,6 +213,7 @@ def running_server(backend: str, tmp: Path, *, worker: bool = True, **overrides:
 class ReceivedWebhook:
     headers: dict[str, str]
     body: bytes
+    path: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -235,7 +236,7 @@ class WebhookSink:
                     self.send_response(503)
                     self.end_headers()
                     return
-                sink.received.append(ReceivedWebhook({k.lower(): v for k, v in self.headers.items()}, body))
+                sink.received.append(ReceivedWebhook({k.lower(): v for k, v in self.headers.items()}, body, self.path))
                 self.send_response(204)
                 self.end_headers()
 

@@ -199,6 +199,9 @@ webhook_endpoints = Table(
     Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
     Column("url", String(2000), nullable=False),
     Column("events", JSON, nullable=False),
+    # the integrations whose events it receives (those of the key that created it);
+    # NULL: every integration of the environment
+    Column("integration_ids", JSON, nullable=True),
     Column("secret_ct", LargeBinary, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("deleted_at", Double, nullable=True),

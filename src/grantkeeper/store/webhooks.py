@@ -12,6 +12,7 @@ from grantkeeper.store.tables import webhook_deliveries, webhook_endpoints, webh
 __all__ = [
     "claim_deliveries",
     "delete_endpoint",
+    "endpoint_visible",
     "enqueue",
     "get_endpoint",
     "insert_endpoint",
@@ -39,7 +40,13 @@ async def get_endpoint(
     return dict(row) if row is not None else None
 
 
-async def list_endpoints(conn: AsyncConnection, environment_id: str) -> list[dict[str, Any]]:
+async def list_endpoints(
+    conn: AsyncConnection,
+    environment_id: str,
+    visible_to: frozenset[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The environment's live endpoints; with ``visible_to`` (a key's integrations) only
+    those scoped to a subset of them."""
     r = await conn.execute(
         select(webhook_endpoints)
         .where(
@@ -48,7 +55,18 @@ async def list_endpoints(conn: AsyncConnection, environment_id: str) -> list[dic
         )
         .order_by(webhook_endpoints.c.created_at)
     )
-    return [dict(m) for m in r.mappings().all()]
+    rows = [dict(m) for m in r.mappings().all()]
+    if visible_to is not None:
+        rows = [row for row in rows if endpoint_visible(row, visible_to)]
+    return rows
+
+
+def endpoint_visible(row: dict[str, Any], visible_to: frozenset[str] | None) -> bool:
+    """May a key limited to ``visible_to`` (None: unlimited) see this endpoint?"""
+    if visible_to is None:
+        return True
+    scoped = row["integration_ids"]
+    return scoped is not None and set(scoped) <= visible_to
 
 
 async def delete_endpoint(
@@ -85,6 +103,7 @@ async def enqueue(
     grant_id: str | None,
     payload: dict[str, Any],
     now: float,
+    integration_id: str | None = None,
 ) -> int:
     """Write the event and one pending delivery per subscribed endpoint, in the caller's transaction."""
     await conn.execute(
@@ -98,7 +117,13 @@ async def enqueue(
         )
     )
     eps = await list_endpoints(conn, environment_id)
-    targets = [e["id"] for e in eps if event_type in e["events"] or "*" in e["events"]]
+    targets = [
+        e["id"]
+        for e in eps
+        if (event_type in e["events"] or "*" in e["events"])
+        # an endpoint made by a key limited to some integrations hears only theirs
+        and (e["integration_ids"] is None or integration_id in e["integration_ids"])
+    ]
     if targets:
         await conn.execute(
             insert(webhook_deliveries),

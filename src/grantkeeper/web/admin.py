@@ -422,7 +422,7 @@ async def dashboard(request: Request) -> Response:
         counts = await grant_counts(conn, p.environment_id, p.integration_ids)
         chart = await refresh_chart(conn, p.environment_id, ui.rt.clock.now(), p.integration_ids)
         integrations = await integ_store.list_integrations(conn, p.environment_id, only)
-        endpoints = await webhook_store.list_endpoints(conn, p.environment_id)
+        endpoints = await webhook_store.list_endpoints(conn, p.environment_id, p.integration_ids)
         recent: list[dict[str, Any]] = []
         if p.integration_ids is None:
             recent, _ = await audit_store.list_events(conn, p.environment_id, limit=10)
@@ -821,9 +821,11 @@ async def revoke(request: Request, grant_id: str) -> Response:
 async def _webhooks_page(ui: Ui, *, status: int = 200, **extra: Any) -> Response:
     p = ui.principal
     async with reading(ui.rt.engine) as conn:
-        endpoints = await webhook_store.list_endpoints(conn, p.environment_id)
+        endpoints = await webhook_store.list_endpoints(conn, p.environment_id, p.integration_ids)
         deliveries = await webhook_store.list_deliveries(conn, p.environment_id, limit=50)
     urls = {e["id"]: e["url"] for e in endpoints}
+    # a key limited to some integrations sees the deliveries of its own endpoints only
+    deliveries = [d for d in deliveries if d["endpoint_id"] in urls]
     extra.setdefault("v", {"url": "", "events": ["*"]})
     return _page(
         ui,
@@ -873,7 +875,9 @@ async def delete_webhook_confirm(request: Request, endpoint_id: str) -> Response
         endpoint = await webhook_store.get_endpoint(
             conn, ui.principal.environment_id, _endpoint_id(endpoint_id)
         )
-    if endpoint is None:
+    if endpoint is None or not webhook_store.endpoint_visible(
+        endpoint, ui.principal.integration_ids
+    ):
         raise NotFound("no such webhook endpoint")
     return _page(ui, "admin/webhook_delete.html", "webhooks", e=endpoint)
 

@@ -18,7 +18,14 @@ from grantkeeper.store import webhooks as store
 from grantkeeper.vault import aad_for
 from grantkeeper.webhooks.signing import new_secret
 
-__all__ = ["create_endpoint", "delete_endpoint", "endpoint_view", "get_endpoint", "secret_aad"]
+__all__ = [
+    "create_endpoint",
+    "delete_endpoint",
+    "endpoint_view",
+    "get_endpoint",
+    "secret_aad",
+    "visible_endpoint",
+]
 
 
 def secret_aad(environment_id: str, endpoint_id: str) -> bytes:
@@ -58,6 +65,10 @@ async def create_endpoint(
         "environment_id": principal.environment_id,
         "url": url,
         "events": list(dict.fromkeys(body.events)),
+        # a key limited to some integrations makes an endpoint that hears only them
+        "integration_ids": sorted(principal.integration_ids)
+        if principal.integration_ids is not None
+        else None,
         "secret_ct": rt.vault.seal(secret, secret_aad(principal.environment_id, endpoint_id)),
         "created_at": now,
     }
@@ -73,12 +84,20 @@ async def create_endpoint(
     return {**endpoint_view(row), "secret": secret}
 
 
+async def visible_endpoint(
+    conn: AsyncConnection, principal: Principal, endpoint_id: str
+) -> dict[str, Any]:
+    """The endpoint if this key may see it (404 alike for another key's scope)."""
+    row = await store.get_endpoint(conn, principal.environment_id, _valid_id(endpoint_id))
+    if row is None or not store.endpoint_visible(row, principal.integration_ids):
+        raise NotFound("no such webhook endpoint")
+    return row
+
+
 async def get_endpoint(
     conn: AsyncConnection, principal: Principal, endpoint_id: str
 ) -> dict[str, Any]:
-    row = await store.get_endpoint(conn, principal.environment_id, _valid_id(endpoint_id))
-    if row is None:
-        raise NotFound("no such webhook endpoint")
+    row = await visible_endpoint(conn, principal, endpoint_id)
     deliveries = await store.list_deliveries(conn, principal.environment_id, row["id"], limit=20)
     view = endpoint_view(row)
     view["recent_deliveries"] = [
@@ -103,6 +122,7 @@ async def delete_endpoint(
     conn: AsyncConnection, rt: Runtime, principal: Principal, endpoint_id: str
 ) -> None:
     now = rt.clock.now()
+    await visible_endpoint(conn, principal, endpoint_id)
     if not await store.delete_endpoint(conn, principal.environment_id, _valid_id(endpoint_id), now):
         raise NotFound("no such webhook endpoint")
     await audit.record(

@@ -32,7 +32,7 @@ async def create(
 async def list_(rt: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     principal.require("webhooks:write")
     async with reading(rt.engine) as conn:
-        rows = await store.list_endpoints(conn, principal.environment_id)
+        rows = await store.list_endpoints(conn, principal.environment_id, principal.integration_ids)
     return {"data": [endpoint_view(r) for r in rows]}
 
 

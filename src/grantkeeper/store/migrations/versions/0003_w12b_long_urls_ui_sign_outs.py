@@ -1,4 +1,4 @@
-"""URL columns as Text; admin UI sign-outs
+"""URL columns as Text; admin UI sign-outs; webhook endpoints scoped to integrations
 
 Revision ID: 0003_w12b_long_urls_ui_sign_outs
 Revises: 0002
@@ -34,9 +34,13 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("nonce_hash", name=op.f("pk_ui_sign_outs")),
     )
+    with op.batch_alter_table("webhook_endpoints") as batch_op:
+        batch_op.add_column(sa.Column("integration_ids", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("webhook_endpoints") as batch_op:
+        batch_op.drop_column("integration_ids")
     op.drop_table("ui_sign_outs")
     if op.get_bind().dialect.name == "postgresql":
         for table, column in _URL_COLUMNS:
