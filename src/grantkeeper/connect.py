@@ -258,13 +258,22 @@ async def begin(rt: Runtime, url_token: str) -> BeginResult:
 
 
 async def _needs_consent(conn: AsyncConnection, sess: ConnectSessionRecord) -> bool:
-    """Ask for consent (so a refresh token is issued) unless a working one is already held."""
+    """Ask for consent (so a refresh token is issued) unless a working one is already held
+    for the very account this flow re-authorizes.
+
+    Only a reconnect names the account (its grant); a plain connect may end at any
+    account of the provider, and a second account connected without consent gets no
+    refresh token (OIDC Core 11). When in doubt, prompt.
+    """
+    if sess.reconnect_grant_id is None:
+        return True
     existing = await grant_store.find_for_user(
         conn, sess.environment_id, sess.integration_id, sess.user_id
     )
-    if sess.reconnect_grant_id is not None:
-        existing = [g for g in existing if g.id == sess.reconnect_grant_id] or existing
-    return not any(g.status == "active" and g.refresh_token_ct is not None for g in existing)
+    return not any(
+        g.id == sess.reconnect_grant_id and g.status == "active" and g.refresh_token_ct is not None
+        for g in existing
+    )
 
 
 @dataclass(frozen=True, slots=True)
