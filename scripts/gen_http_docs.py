@@ -72,6 +72,14 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         '`{"data": [grant, ...], "limit", "offset", "next_offset"}`; `next_offset` is null '
         "on the last page.",
     ),
+    ("POST", "/provider-events/{environment}/{integration_id}"): (
+        "none: verified by the provider's scheme",
+        "A provider's revocation notice (Slack signing secret, GitHub `X-Hub-Signature-256`, "
+        "Security Event Tokens). Verified: 200 (202 for a SET) after the named grants are "
+        "`invalid` / `revoked_at_provider`; 401 `provider_event_unverified` or 400 "
+        "`provider_event_malformed` change nothing; 429 after a burst of unverified ones. "
+        "See docs/signals.md.",
+    ),
     ("POST", "/v1/grants"): (
         "`grants:write`",
         "Import existing tokens: 201 with the grant. With `verify` (the default) the refresh "

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     refresh_wait_timeout: float = Field(default=20.0, gt=0)
     #: keep-alive refresh for providers whose refresh tokens die when idle, at this fraction
     idle_refresh_fraction: float = Field(default=0.5, gt=0, lt=1)
+    #: grant.expiring goes out this many days before a grant dies in a way no refresh prevents
+    expiry_warning_days: float = Field(default=7.0, ge=0, le=365)
+    #: how many health probes (cheap authenticated calls) one worker runs at once
+    probe_concurrency: int = Field(default=8, ge=1, le=256)
 
     worker_interval: float = Field(default=1.0, gt=0)
     worker_batch: int = Field(default=100, ge=1, le=10_000)

@@ -49,6 +49,9 @@ Our exception hierarchy::
     + RefreshBusy                       refresh_busy (lock/lease wait timed out: transient)
     + StoreUnavailable                  store_unavailable (a write kept failing: transient)
     + RateLimited                       rate_limited
+    + SignalRejected                    provider_event_unverified (401: a provider notification
+    | |                                   that does not verify; nothing changes)
+    | - SignalMalformed                 provider_event_malformed (400)
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "SignalMalformed",
+    "SignalRejected",
     "AlreadyExists",
     "AuthError",
     "BadRequest",
@@ -380,3 +385,18 @@ class StoreUnavailable(GrantkeeperError):
     status = 503
     title = "The database is unavailable; retry shortly"
     retry_after = 2
+
+
+class SignalRejected(GrantkeeperError):
+    """A provider's notification that does not verify (signature, issuer, audience, age,
+    replay): nothing is changed."""
+
+    code = "provider_event_unverified"
+    status = 401
+    title = "Provider notification not verified"
+
+
+class SignalMalformed(SignalRejected):
+    code = "provider_event_malformed"
+    status = 400
+    title = "Malformed provider notification"

@@ -18,6 +18,7 @@ EVENT_TYPES = (
     "grant.invalid",
     "grant.recovered",
     "grant.deleted",
+    "grant.expiring",
 )
 
 
@@ -28,11 +29,13 @@ async def emit(
     event_type: str,
     grant: dict[str, Any],
     now: float,
+    data: dict[str, Any] | None = None,
 ) -> str:
-    """Queue ``event_type`` with the grant's public view; returns the event (message) id."""
+    """Queue ``event_type`` with the grant's public view (and ``data`` beside it, e.g.
+    ``expires_at`` of ``grant.expiring``); returns the event (message) id."""
     assert event_type in EVENT_TYPES
     event_id = "msg_" + secrets.token_hex(12)
-    payload = {"type": event_type, "timestamp": iso(now), "data": {"grant": grant}}
+    payload = {"type": event_type, "timestamp": iso(now), "data": {**(data or {}), "grant": grant}}
     await store.enqueue(
         conn,
         event_id=event_id,

@@ -21,6 +21,7 @@ from grantkeeper.providers import ProviderSpec
 from grantkeeper.providers.quirks import resolve_api_base_url
 from grantkeeper.refresh.policy import due_at
 from grantkeeper.runtime import Runtime
+from grantkeeper.signals.expiry import expiry_columns, keepalive_due, refresh_token_expiry
 from grantkeeper.store import grants as store
 from grantkeeper.store.records import GrantRecord
 from grantkeeper.vault import Vault, aad_for
@@ -69,6 +70,7 @@ def grant_view(rec: GrantRecord) -> dict[str, Any]:
         "access_token_expires_at": iso(rec.access_token_expires_at),
         "has_refresh_token": rec.refresh_token_ct is not None,
         "last_refreshed_at": iso(rec.last_refreshed_at),
+        "refresh_token_expires_at": iso(rec.refresh_token_expires_at),
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
         "failure": None,
@@ -115,13 +117,16 @@ def token_columns(
     previous_scopes: tuple[str, ...] | None,
     requested_scopes: tuple[str, ...] | None,
     id_token_exp: float | None = None,
+    fresh_consent: bool = False,
     now: float,
 ) -> StoredTokens:
     """Seal a token response for generation ``version``.
 
     A response without ``refresh_token`` keeps the previous one (RFC 6749 6);
     without ``scope`` the granted scopes are those previously granted, else
-    those requested (RFC 6749 5.1: omitted means "as requested").
+    those requested (RFC 6749 5.1: omitted means "as requested"). The refresh token's
+    own end is taken from the response or the catalog (``signals.expiry``);
+    ``fresh_consent`` says the response comes from the user's authorization.
     """
     v = rt.vault
     refresh_token = tokens.refresh_token or previous_refresh_token
@@ -150,6 +155,21 @@ def token_columns(
         idle_expiry=spec.refresh.idle_expiry,
         idle_fraction=s.idle_refresh_fraction,
     )
+    rt_expiry = (
+        refresh_token_expiry(
+            spec,
+            raw=tokens.raw,
+            new_refresh_token=tokens.refresh_token,
+            previous_refresh_token=previous_refresh_token,
+            fresh_consent=fresh_consent,
+            now=now,
+        )
+        if refresh_token is not None
+        else None
+    )
+    keepalive = keepalive_due(rt_expiry, now=now, fraction=s.idle_refresh_fraction)
+    if keepalive is not None and spec.refresh.supported:
+        due = keepalive if due is None else min(due, keepalive)
 
     def seal(field: str, value: str | None) -> bytes | None:
         if value is None:
@@ -170,6 +190,7 @@ def token_columns(
         "api_base_url": resolve_api_base_url(spec, tokens.extra, None),
         "updated_at": now,
     }
+    columns.update(expiry_columns(rt_expiry))
     return StoredTokens(columns=columns, expires_at=expires_at)
 
 
@@ -225,6 +246,7 @@ async def save_connected(
             previous_scopes=None,
             requested_scopes=requested_scopes,
             id_token_exp=id_token_exp,
+            fresh_consent=via == "connect",
             now=now,
         )
         values = dict(stored.columns)
@@ -260,6 +282,7 @@ async def save_connected(
             previous_scopes=None,
             requested_scopes=requested_scopes,
             id_token_exp=id_token_exp,
+            fresh_consent=via == "connect",
             now=now,
         )
         values = dict(stored.columns)

@@ -125,6 +125,13 @@ class IntegrationInput(_In):
     display_name: Annotated[str, Field(max_length=200), AfterValidator(_printable)] | None = None
     #: show the Connect page (app, provider, access asked) before redirecting to the provider
     connect_page: bool = False
+    #: verifies the provider's own event notifications (Slack signing secret, GitHub
+    #: webhook secret); write-only, omitted on update = keep it
+    provider_events_secret: (
+        Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_printable)] | None
+    ) = None
+    #: seconds between health probes of each grant (a cheap authenticated call); None: off
+    health_probe_interval: Annotated[int, Field(ge=300, le=30 * 86_400)] | None = None
 
 
 class CreateConnectSession(_In):
@@ -164,6 +171,7 @@ WEBHOOK_EVENTS = (
     "grant.invalid",
     "grant.recovered",
     "grant.deleted",
+    "grant.expiring",
 )
 
 
@@ -177,6 +185,7 @@ class CreateWebhookEndpoint(_In):
                 "grant.invalid",
                 "grant.recovered",
                 "grant.deleted",
+                "grant.expiring",
                 "*",
             ]
         ],

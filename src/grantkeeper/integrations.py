@@ -16,11 +16,13 @@ from grantkeeper.providers import ProviderSpec
 from grantkeeper.returnurls import validate_return_url
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import integrations as store
+from grantkeeper.store import signals as signal_store
 from grantkeeper.store.records import IntegrationRecord
 from grantkeeper.vault import aad_for
 
 __all__ = [
     "ResolvedIntegration",
+    "events_secret_aad",
     "get_or_404",
     "integration_view",
     "put_integration",
@@ -31,6 +33,11 @@ __all__ = [
 
 def secret_aad(environment_id: str, integration_id: str) -> bytes:
     return aad_for(environment_id, "integrations", integration_id, "client_secret")
+
+
+def events_secret_aad(environment_id: str, integration_id: str) -> bytes:
+    """The provider-events secret (Slack signing secret, GitHub webhook secret)."""
+    return aad_for(environment_id, "integrations", integration_id, "provider_events_secret")
 
 
 def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
@@ -49,6 +56,8 @@ def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
         "settings": rec.settings,
         "token_export": rec.token_export,
         "connect_page": rec.connect_page,
+        "provider_events_secret_set": rec.provider_events_secret_ct is not None,
+        "health_probe_interval": rec.health_probe_interval,
         "callback_url": rt.settings.callback_url,
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
@@ -99,6 +108,15 @@ async def put_integration(
         secret_ct = existing.client_secret_ct
     else:
         secret_ct = None
+    events_secret_ct: bytes | None
+    if body.provider_events_secret is not None:
+        events_secret_ct = rt.vault.seal(
+            body.provider_events_secret, events_secret_aad(environment_id, integration_id)
+        )
+    elif existing is not None:
+        events_secret_ct = existing.provider_events_secret_ct
+    else:
+        events_secret_ct = None
     method = body.endpoints.token_endpoint_auth_method if body.endpoints else None
     if secret_ct is None and (method or spec.token_endpoint_auth_method) != "none":
         raise InvalidInput("client_secret is required for this provider")
@@ -116,8 +134,12 @@ async def put_integration(
         "api_base_url": body.api_base_url,
         "token_export": body.token_export,
         "connect_page": body.connect_page,
+        "provider_events_secret_ct": events_secret_ct,
+        "health_probe_interval": body.health_probe_interval,
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
+    if body.health_probe_interval is None and existing is not None:
+        await signal_store.stop_probes(conn, environment_id, integration_id)
     rec = await store.get(conn, environment_id, integration_id)
     assert rec is not None
     return rec, created

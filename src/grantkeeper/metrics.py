@@ -37,6 +37,24 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.expiry_warnings = Counter(
+            "grantkeeper_grant_expiry_warnings_total",
+            "grant.expiring warnings sent (a grant will die unless its user reconnects)",
+            ["provider"],
+            registry=r,
+        )
+        self.provider_events = Counter(
+            "grantkeeper_provider_events_total",
+            "Providers' own notifications by scheme and outcome",
+            ["scheme", "outcome"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "grantkeeper_health_probes_total",
+            "Grant health probes by outcome",
+            ["provider", "outcome"],
+            registry=r,
+        )
         self.proxy_requests = Counter(
             "grantkeeper_proxy_requests_total",
             "Proxied requests by provider and status class",

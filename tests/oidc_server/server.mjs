@@ -64,6 +64,8 @@ const state = {
   faults: { token: [], revocation: [] },
   idTokenDefect: null,
   issMode: null,
+  // extra members merged into every successful token response (e.g. refresh_token_expires_in)
+  tokenExtras: {},
   stats: freshStats(),
 };
 
@@ -74,6 +76,7 @@ function resetState() {
   state.faults = { token: [], revocation: [] };
   state.idTokenDefect = null;
   state.issMode = null;
+  state.tokenExtras = {};
   state.stats = freshStats();
 }
 
@@ -544,6 +547,13 @@ function installRoutes(provider) {
           ctx.body = { mode: body.mode };
           return;
         }
+        case 'POST /__control/token-extras': {
+          const body = await readJson(ctx);
+          if (!body || typeof body !== 'object' || Array.isArray(body)) ctx.throw(400, 'an object of extra members');
+          state.tokenExtras = body;
+          ctx.body = state.tokenExtras;
+          return;
+        }
         case 'POST /__control/revoke-account-grants': {
           const body = await readJson(ctx);
           if (typeof body.account !== 'string') ctx.throw(400, 'account required');
@@ -631,6 +641,13 @@ function installRoutes(provider) {
 
       await next();
 
+      if (
+        Object.keys(state.tokenExtras).length
+        && ctx.status === 200
+        && ctx.body && typeof ctx.body === 'object'
+      ) {
+        ctx.body = { ...ctx.body, ...state.tokenExtras };
+      }
       if (
         state.idTokenDefect
         && ctx.status === 200

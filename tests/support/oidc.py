@@ -392,6 +392,10 @@ class OidcServer:
             raise ValueError(f"unknown iss mode {mode!r}")
         self._post_json("/__control/iss-mode", {"mode": mode})
 
+    def token_extras(self, **extras: Any) -> None:
+        """Members merged into every successful token response from now on (until reset)."""
+        self._post_json("/__control/token-extras", extras)
+
     def revoke_account_grants(self, account: str) -> int:
         """Revoke every grant (and its tokens) and session of ``account``; returns #grants."""
         data = self._post_json("/__control/revoke-account-grants", {"account": account})

@@ -17,6 +17,7 @@ from grantkeeper.api.routes import (
     grants,
     health,
     integrations,
+    provider_events,
     providers,
     token,
     webhooks,
@@ -75,6 +76,7 @@ def create_app(
     for module in (providers, integrations, connect, grants, webhooks, audit, health):
         app.include_router(module.router)
     app.include_router(connect_pages.router)
+    app.include_router(provider_events.router)
     app.include_router(proxy_routes.router)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

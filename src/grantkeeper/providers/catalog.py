@@ -259,10 +259,32 @@ class RefreshSpec(_Model):
 
     supported: bool = True
     rotation: Literal["never", "always", "optional"] = "never"
+    #: seconds a refresh token lives, counted from ``lifetime_from``
     refresh_token_lifetime: int | None = Field(default=None, gt=0)
+    #: ``issue``: each refresh token lives ``refresh_token_lifetime`` from its own issue, so a
+    #: rotating refresh pushes the end back; ``consent``: counted from the user's authorization,
+    #: no refresh extends it (the user must reconnect)
+    lifetime_from: Literal["issue", "consent"] = "issue"
+    #: the token-response member carrying the refresh token's lifetime in seconds, where a
+    #: provider names it other than ``refresh_token_expires_in`` (read besides that one)
+    refresh_token_expires_in_field: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_]{1,64}$"
+    )
     idle_expiry: int | None = Field(default=None, gt=0)
     default_access_token_lifetime: int | None = Field(default=None, gt=0)
     access_tokens_expire: bool = True
+
+
+class ProviderEventsSpec(_Model):
+    """How the provider tells of revoked access (``POST /provider-events/...``)."""
+
+    scheme: Literal["slack", "github", "set"]
+    #: ``set`` only: the issuer its Security Event Tokens carry, where it differs from the
+    #: OpenID issuer (Google's RISC tokens end the issuer with a slash)
+    issuer: HttpsUrl | None = None
+    #: ``set`` only: where its signing keys are, where not the OpenID JWKS
+    jwks_uri: HttpsUrl | None = None
+    source: HttpsUrl
 
 
 class AccountIdSpec(_Model):
@@ -335,6 +357,7 @@ class ProviderSpec(_Model):
     account_id: AccountIdSpec = AccountIdSpec()
     api_base_url: str | None = None
     stamp: StampSpec = StampSpec()
+    provider_events: ProviderEventsSpec | None = None
     settings: tuple[Setting, ...] = ()
     hooks: dict[str, str] = Field(default_factory=dict)
     quirks: tuple[Quirk, ...] = ()

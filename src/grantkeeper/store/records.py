@@ -40,6 +40,8 @@ class IntegrationRecord:
     connect_page: bool
     created_at: float
     updated_at: float
+    provider_events_secret_ct: bytes | None = None
+    health_probe_interval: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,10 @@ class GrantRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     revoked_at: float | None = None
+    refresh_token_expires_at: float | None = None
+    expiry_warn_at: float | None = None
+    expiry_warned_for: float | None = None
+    probe_due_at: float | None = None
 
     @property
     def has_refresh_token(self) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "grants",
     "integrations",
     "metadata",
+    "provider_event_ids",
     "rate_limits",
     "ui_sign_outs",
     "webhook_deliveries",
@@ -96,6 +97,10 @@ integrations = Table(
     Column("api_base_url", Text, nullable=True),
     Column("token_export", String(10), nullable=False),
     Column("connect_page", Boolean, nullable=False),
+    # verification secret of the provider's own event notifications (Slack, GitHub), sealed
+    Column("provider_events_secret_ct", LargeBinary, nullable=True),
+    # seconds between health probes of each grant (None: no probe)
+    Column("health_probe_interval", Integer, nullable=True),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     PrimaryKeyConstraint("environment_id", "id"),
@@ -136,10 +141,19 @@ grants = Table(
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("revoked_at", Double, nullable=True),
+    # lifecycle signals: when the refresh token dies; the deadline a grant.expiring warning
+    # is pending for (set only when a refresh cannot push it back); the deadline last warned
+    # of (so one expiry is announced once); the next health probe
+    Column("refresh_token_expires_at", Double, nullable=True),
+    Column("expiry_warn_at", Double, nullable=True),
+    Column("expiry_warned_for", Double, nullable=True),
+    Column("probe_due_at", Double, nullable=True),
     UniqueConstraint("environment_id", "integration_id", "user_id", "provider_account_id"),
     Index("ix_grants_due", "status", "refresh_due_at"),
     Index("ix_grants_env_created", "environment_id", "created_at"),
     Index("ix_grants_env_integration", "environment_id", "integration_id"),
+    Index("ix_grants_expiry_warn", "status", "expiry_warn_at"),
+    Index("ix_grants_probe_due", "status", "probe_due_at"),
 )
 
 connect_sessions = Table(
@@ -236,6 +250,19 @@ webhook_deliveries = Table(
     Column("delivered_at", Double, nullable=True),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+)
+
+provider_event_ids = Table(
+    "provider_event_ids",
+    metadata,
+    # ids of provider notifications already acted on (SET jti, Slack/GitHub delivery ids):
+    # a replay is refused until the row expires (after the scheme's own freshness window)
+    Column("environment_id", ID, nullable=False),
+    Column("integration_id", String(63), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    PrimaryKeyConstraint("environment_id", "integration_id", "event_id"),
+    Index("ix_provider_event_ids_expires", "expires_at"),
 )
 
 rate_limits = Table(

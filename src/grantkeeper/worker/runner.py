@@ -10,9 +10,12 @@ from collections.abc import Awaitable, Callable
 from grantkeeper.auditchain import Sealer
 from grantkeeper.refresh.scheduler import refresh_due
 from grantkeeper.runtime import Runtime
+from grantkeeper.signals.expiry import warn_expiring
+from grantkeeper.signals.probe import probe_due
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
 from grantkeeper.store.housekeeping import purge_expired
+from grantkeeper.store.signals import purge_event_ids
 from grantkeeper.webhooks.dispatcher import deliver_due
 
 __all__ = ["run_worker"]
@@ -51,7 +54,14 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
     async def housekeeping_step() -> int:
         async with rt.engine.begin() as conn:
             await purge_expired(conn, rt.clock.now())
+            await purge_event_ids(conn, rt.clock.now())
         return 0
+
+    async def expiry_step() -> int:
+        return await warn_expiring(rt)
+
+    async def probe_step() -> int:
+        return await probe_due(rt)
 
     sealer = Sealer(rt.vault)
 
@@ -65,4 +75,6 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
         _loop("webhooks", stop, s.worker_interval, webhook_step),
         _loop("housekeeping", stop, 60.0, housekeeping_step),
         _loop("audit-chain", stop, s.worker_interval, audit_chain_step),
+        _loop("expiry-warnings", stop, 60.0, expiry_step),
+        _loop("health-probes", stop, s.worker_interval, probe_step),
     )
