@@ -39,7 +39,19 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         "201 when created, 200 when replaced: the integration (`id`, `provider`, `client_id`, "
         '`scopes`, `return_urls`, ..., `"client_secret_set": true`, `callback_url`). '
         "Leaving out `client_secret` keeps the stored one. 422 `unsafe_url` for endpoints "
-        "on private networks (unless `GRANTKEEPER_ALLOW_PRIVATE_NETWORKS=1`).",
+        "on private networks (unless `GRANTKEEPER_ALLOW_PRIVATE_NETWORKS=1`). "
+        '`"provider": "mcp"` with `server_url`: discovers the MCP server\'s authorization '
+        "server and registers the vault before answering (client ID metadata document, "
+        "else RFC 7591); the integration reports `server_url` and `mcp` (`resource`, "
+        "`authorization_server`, `registration`: `cimd` | `dcr` | `static`). 422 "
+        "`mcp_discovery_failed` naming the URL, 422 `client_registration_unavailable`.",
+    ),
+    ("GET", "/oauth/client-metadata.json"): (
+        "none",
+        "The vault's OAuth client ID metadata document: `client_id` is this URL, "
+        "`redirect_uris` is the callback URL, grant types `authorization_code` and "
+        "`refresh_token`, `token_endpoint_auth_method` `none`. Authorization servers that "
+        "advertise `client_id_metadata_document_supported` fetch it.",
     ),
     ("GET", "/v1/integrations"): ("`integrations:read`", '`{"data": [integration, ...]}`.'),
     ("GET", "/v1/integrations/{integration_id}"): (
@@ -138,7 +150,9 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
     NOTES[(_method, "/v1/proxy/{grant_id}/{path}")] = (
         "`proxy`",
-        "The provider's status, headers and body. The vault's own errors (409 "
+        "The provider's status, headers and body (server-sent events relayed as they "
+        "come). For an `mcp` integration `/v1/proxy/{grant_id}/` is `server_url` itself. "
+        "The vault's own errors (409 "
         "`grant_invalid`, 409 `grant_revoked`, 503 `provider_unavailable`) are problem "
         "documents.",
     )

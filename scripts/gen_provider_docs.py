@@ -77,6 +77,13 @@ def endpoints(spec: ProviderSpec) -> list[str]:
             rows.append(f"- {label}: `{value}`")
     if spec.discovery:
         rows.append("- Endpoints may be found by OpenID discovery from the issuer")
+    if spec.mcp_server_url:
+        rows.append(f"- MCP server: `{spec.mcp_server_url}`")
+    if spec.auth_mode == "mcp":
+        rows.append(
+            "- Authorization server, endpoints and client registration found by MCP "
+            "discovery from the server URL (docs/mcp.md)"
+        )
     return rows
 
 

@@ -38,6 +38,7 @@ from grantkeeper.errors import (
 from grantkeeper.grants import get_visible, save_connected
 from grantkeeper.inputs import RESERVED_AUTHORIZATION_PARAMS, CreateConnectSession
 from grantkeeper.integrations import ResolvedIntegration, get_or_404, resolve
+from grantkeeper.kinds import mcp as mcp_kind
 from grantkeeper.oauth.idtoken import validate_id_token
 from grantkeeper.oauth.rfc7636 import new_verifier, s256_challenge
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
@@ -245,6 +246,9 @@ async def begin(rt: Runtime, url_token: str) -> BeginResult:
     scope = spec.scope_string(scopes, offline=spec.refresh.supported)
     if scope:
         params["scope"] = scope
+    if resolved.record.mcp:
+        # scopes from the server's metadata when none are named; resource (RFC 8707)
+        params.update(mcp_kind.authorization_params(resolved.record, scopes, consent=consent))
     if verifier:
         params["code_challenge"] = s256_challenge(verifier)
         params["code_challenge_method"] = "S256"
@@ -383,6 +387,8 @@ async def _complete_claimed(
         "redirect_uri": rt.settings.callback_url,
         **spec.token_params,
     }
+    if resolved.resource:
+        form["resource"] = resolved.resource
     if verifier:
         form["code_verifier"] = verifier
     try:

@@ -33,6 +33,8 @@ Our exception hierarchy::
     | - InvalidProxyPath                invalid_proxy_path (400)
     | - BadRequest                      bad_request (400: malformed HTTP framing)
     | - RequestTooLarge                 payload_too_large (413)
+    | - McpDiscoveryFailed              mcp_discovery_failed
+    | - ClientRegistrationUnavailable   client_registration_unavailable
     + TokenExportDisabled               token_export_disabled
     + TokensAlreadyRetrieved            tokens_already_retrieved
     + ConnectError                      (the OAuth callback; rendered as HTML)
@@ -62,6 +64,7 @@ __all__ = [
     "SignalMalformed",
     "SignalRejected",
     "AlreadyExists",
+    "ClientRegistrationUnavailable",
     "AuthError",
     "BadRequest",
     "CatalogError",
@@ -83,6 +86,7 @@ __all__ = [
     "InvalidState",
     "IssuerMismatch",
     "MalformedJson",
+    "McpDiscoveryFailed",
     "NotFound",
     "UnsupportedMediaType",
     "ProviderError",
@@ -275,6 +279,20 @@ class RequestTooLarge(InvalidInput):
     code = "payload_too_large"
     status = 413
     title = "Request body too large"
+
+
+class McpDiscoveryFailed(InvalidInput):
+    """An MCP server's protected resource or authorization server metadata is unusable."""
+
+    code = "mcp_discovery_failed"
+    title = "The MCP server's authorization could not be discovered"
+
+
+class ClientRegistrationUnavailable(InvalidInput):
+    """No client_id was given and the authorization server offers no way to register."""
+
+    code = "client_registration_unavailable"
+    title = "The authorization server offers no client registration"
 
 
 class TokenExportDisabled(GrantkeeperError):

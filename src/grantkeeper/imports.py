@@ -39,6 +39,8 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
         params = apply_refresh_request(
             spec, {"grant_type": "refresh_token", "refresh_token": body.refresh_token}
         )
+        if resolved.resource:
+            params["resource"] = resolved.resource
         try:
             tokens = await token_request(
                 rt.http,

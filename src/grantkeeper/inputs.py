@@ -99,7 +99,10 @@ class IntegrationInput(_In):
     provider: Annotated[
         str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     ]
-    client_id: Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)]
+    #: required except for ``mcp`` integrations, which may register themselves
+    client_id: (
+        Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)] | None
+    ) = None
     client_secret: (
         Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_printable)] | None
     ) = None
@@ -116,6 +119,8 @@ class IntegrationInput(_In):
     issuer: Url | None = None
     endpoints: EndpointsInput | None = None
     api_base_url: Url | None = None
+    #: ``mcp`` integrations: the remote MCP server's endpoint (the protected resource)
+    server_url: Url | None = None
     token_export: Literal["never", "once"] = "never"
     #: values for the provider's templated URLs (tenant, subdomain, ...)
     settings: dict[

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grantkeeper.clock import iso
 from grantkeeper.errors import InvalidInput, NotFound
 from grantkeeper.inputs import IntegrationInput
+from grantkeeper.kinds import mcp as mcp_kind
 from grantkeeper.netguard import check_url
 from grantkeeper.oauth.tokens import ClientCredentials
 from grantkeeper.providers import ProviderSpec
@@ -17,6 +18,7 @@ from grantkeeper.returnurls import validate_return_url
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import integrations as store
 from grantkeeper.store import signals as signal_store
+from grantkeeper.store.db import reading
 from grantkeeper.store.records import IntegrationRecord
 from grantkeeper.vault import aad_for
 
@@ -25,7 +27,9 @@ __all__ = [
     "events_secret_aad",
     "get_or_404",
     "integration_view",
+    "prepare_mcp",
     "put_integration",
+    "registration_token_aad",
     "resolve",
     "secret_aad",
 ]
@@ -40,8 +44,12 @@ def events_secret_aad(environment_id: str, integration_id: str) -> bytes:
     return aad_for(environment_id, "integrations", integration_id, "provider_events_secret")
 
 
+def registration_token_aad(environment_id: str, integration_id: str) -> bytes:
+    return aad_for(environment_id, "integrations", integration_id, "registration_access_token")
+
+
 def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
-    return {
+    view = {
         "id": rec.id,
         "provider": rec.provider,
         "display_name": rec.display_name,
@@ -62,6 +70,96 @@ def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
     }
+    mcp = mcp_kind.view(rec)
+    if mcp is not None:
+        view["server_url"] = mcp.pop("server_url")
+        view["mcp"] = mcp
+    return view
+
+
+def _mcp_server_url(spec: ProviderSpec, body: IntegrationInput) -> str:
+    url = body.server_url or spec.mcp_server_url
+    if not url:
+        raise InvalidInput("an mcp integration needs 'server_url' (the MCP server's endpoint)")
+    return url
+
+
+async def prepare_mcp(
+    rt: Runtime, environment_id: str, integration_id: str, body: IntegrationInput
+) -> mcp_kind.McpSetup | None:
+    """Discovery and registration for an ``mcp`` integration (None for other providers).
+
+    Network calls only: run it before opening the transaction that stores the result.
+    """
+    spec = rt.catalog.get(body.provider)
+    if not mcp_kind.is_mcp(spec.auth_mode):
+        return None
+    server_url = _mcp_server_url(spec, body)
+    for url in body.return_urls:
+        validate_return_url(url, allow_private=rt.settings.allow_private_networks)
+    async with reading(rt.engine) as conn:
+        existing = await store.get(conn, environment_id, integration_id)
+    return await mcp_kind.prepare(
+        rt,
+        server_url,
+        client_id=body.client_id,
+        client_secret=body.client_secret,
+        existing=existing,
+    )
+
+
+async def _put_mcp(
+    conn: AsyncConnection,
+    rt: Runtime,
+    environment_id: str,
+    integration_id: str,
+    body: IntegrationInput,
+    setup: mcp_kind.McpSetup | None,
+) -> tuple[IntegrationRecord, bool]:
+    spec = rt.catalog.get(body.provider)
+    if body.issuer or body.endpoints is not None or body.api_base_url:
+        raise InvalidInput(
+            "an mcp integration finds its authorization server and endpoints itself: "
+            "give server_url, not issuer, endpoints or api_base_url"
+        )
+    spec.resolve(body.settings)
+    if setup is None:
+        setup = await prepare_mcp(rt, environment_id, integration_id, body)
+        assert setup is not None
+    if setup.discovery.server_url != _mcp_server_url(spec, body):
+        raise InvalidInput("server_url changed while the integration was being prepared")
+    existing = await store.get(conn, environment_id, integration_id)
+    secret_ct: bytes | None = None
+    token_ct: bytes | None = None
+    if setup.reuse_secrets and existing is not None:
+        secret_ct, token_ct = existing.client_secret_ct, existing.registration_token_ct
+    else:
+        if setup.client_secret is not None:
+            secret_ct = rt.vault.seal(
+                setup.client_secret, secret_aad(environment_id, integration_id)
+            )
+        if setup.registration_access_token is not None:
+            token_ct = rt.vault.seal(
+                setup.registration_access_token,
+                registration_token_aad(environment_id, integration_id),
+            )
+    values: dict[str, Any] = {
+        "provider": body.provider,
+        "display_name": body.display_name,
+        "client_secret_ct": secret_ct,
+        "registration_token_ct": token_ct,
+        "scopes": list(body.scopes),
+        "return_urls": list(body.return_urls),
+        "authorization_params": dict(body.authorization_params),
+        "settings": dict(body.settings),
+        "token_export": body.token_export,
+        "connect_page": body.connect_page,
+        **setup.record_values(),
+    }
+    created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
+    rec = await store.get(conn, environment_id, integration_id)
+    assert rec is not None
+    return rec, created
 
 
 async def put_integration(
@@ -70,12 +168,24 @@ async def put_integration(
     environment_id: str,
     integration_id: str,
     body: IntegrationInput,
+    *,
+    mcp_setup: mcp_kind.McpSetup | None = None,
 ) -> tuple[IntegrationRecord, bool]:
-    """Create or replace; the client secret is write-only (omitted on update = keep it)."""
+    """Create or replace; the client secret is write-only (omitted on update = keep it).
+
+    ``mcp_setup``: the result of ``prepare_mcp`` for an ``mcp`` integration (done here,
+    inside the caller's transaction, when not given).
+    """
     spec = rt.catalog.get(body.provider)
     allow = rt.settings.allow_private_networks
     for url in body.return_urls:
         validate_return_url(url, allow_private=allow)
+    if mcp_kind.is_mcp(spec.auth_mode):
+        return await _put_mcp(conn, rt, environment_id, integration_id, body, mcp_setup)
+    if body.server_url is not None:
+        raise InvalidInput("server_url is only for mcp integrations")
+    if not body.client_id:
+        raise InvalidInput("client_id is required for this provider")
     if spec.auth_mode not in ("oauth2", "oidc"):
         raise InvalidInput(
             f"provider {spec.name!r} uses auth mode {spec.auth_mode!r}, which is not supported yet"
@@ -136,6 +246,8 @@ async def put_integration(
         "connect_page": body.connect_page,
         "provider_events_secret_ct": events_secret_ct,
         "health_probe_interval": body.health_probe_interval,
+        "mcp": None,
+        "registration_token_ct": None,
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
     if body.health_probe_interval is None and existing is not None:
@@ -162,6 +274,8 @@ class ResolvedIntegration:
     #: the provider advertises RFC 9207 ``iss`` in authorization responses
     iss_parameter_supported: bool
     is_oidc: bool
+    #: RFC 8707 resource indicator sent on every authorization and token request (MCP)
+    resource: str | None = None
 
     @property
     def pkce(self) -> bool:
@@ -189,7 +303,8 @@ async def resolve(rt: Runtime, rec: IntegrationRecord) -> ResolvedIntegration:
     revocation = overrides.get("revocation_url") or ep.revocation_url
     userinfo = overrides.get("userinfo_url") or ep.userinfo_url
     jwks = ep.jwks_uri
-    iss_supported = False
+    mcp = rec.mcp or {}
+    iss_supported = bool(mcp.get("iss_parameter_supported"))
     is_oidc = spec.auth_mode == "oidc"
     if issuer and (spec.discovery or spec.name == "oidc" or (is_oidc and not (authz and token))):
         meta = await rt.discovery.metadata(issuer)
@@ -224,4 +339,5 @@ async def resolve(rt: Runtime, rec: IntegrationRecord) -> ResolvedIntegration:
         api_base_url=rec.api_base_url or ep.api_base_url,
         iss_parameter_supported=iss_supported,
         is_oidc=is_oidc and issuer is not None,
+        resource=mcp.get("server_url"),
     )

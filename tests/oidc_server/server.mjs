@@ -1,6 +1,11 @@
 // A real OpenID provider (oidc-provider 9.x) for grantkeeper's test suite.
 //
 //   node server.mjs --port N [--host 127.0.0.1] [--exit-on-stdin-close]
+//                   [--resource-indicators] [--cimd]
+//
+// --resource-indicators: RFC 8707 on; a `resource` gets a JWT access token whose `aud`
+//   is the resource (what an MCP server checks). --cimd: client ids may be URLs of
+//   client ID metadata documents, fetched and checked here (and discovery says so).
 //
 // Prints exactly one line `READY <issuer>` on stdout when it accepts requests.
 // Everything under /__control is a test-only control API (no auth); /api is a
@@ -18,7 +23,9 @@ import Provider from 'oidc-provider';
 // ---------------------------------------------------------------- arguments
 
 function parseArgs(argv) {
-  const out = { port: 0, host: '127.0.0.1', exitOnStdinClose: false };
+  const out = {
+    port: 0, host: '127.0.0.1', exitOnStdinClose: false, resourceIndicators: false, cimd: false,
+  };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--port') {
@@ -29,6 +36,10 @@ function parseArgs(argv) {
       out.host = argv[++i];
     } else if (arg === '--exit-on-stdin-close') {
       out.exitOnStdinClose = true;
+    } else if (arg === '--resource-indicators') {
+      out.resourceIndicators = true;
+    } else if (arg === '--cimd') {
+      out.cimd = true;
     } else {
       throw new Error(`unknown argument ${arg}`);
     }
@@ -54,6 +65,7 @@ function freshStats() {
     userinfo: 0,
     introspection: 0,
     api: 0,
+    cimd_fetches: [],
   };
 }
 
@@ -154,6 +166,7 @@ class MapAdapter {
   }
 
   async find(id) {
+    if (args.cimd && this.model === 'Client' && /^https?:\/\//.test(id)) return fetchClientMetadata(id);
     return liveEntry(this.key(id))?.payload;
   }
 
@@ -183,6 +196,30 @@ class MapAdapter {
       if (key.startsWith(`${this.model}:`)) dropKey(key);
     }
   }
+}
+
+// ---------------------------------------------------------------- client ID metadata documents
+
+// draft-ietf-oauth-client-id-metadata-document: the client id is the document's URL and
+// the document's client_id must equal it; anything else is no client at all.
+async function fetchClientMetadata(url) {
+  let doc;
+  let status;
+  try {
+    const res = await fetch(url, { redirect: 'manual', headers: { accept: 'application/json' } });
+    status = res.status;
+    doc = status === 200 ? await res.json() : undefined;
+  } catch {
+    doc = undefined;
+  }
+  const ok = Boolean(doc) && doc.client_id === url && Array.isArray(doc.redirect_uris);
+  state.stats.cimd_fetches.push({ url, status: status ?? null, accepted: ok });
+  if (!ok) return undefined;
+  const allowed = [
+    'client_id', 'client_name', 'client_uri', 'redirect_uris', 'grant_types', 'response_types',
+    'token_endpoint_auth_method', 'scope', 'logo_uri',
+  ];
+  return Object.fromEntries(Object.entries(doc).filter(([k]) => allowed.includes(k)));
 }
 
 // ---------------------------------------------------------------- keys
@@ -429,6 +466,19 @@ function buildProvider(issuer) {
       revocation: { enabled: true },
       userinfo: { enabled: true },
       introspection: { enabled: true },
+      ...(args.resourceIndicators ? {
+        resourceIndicators: {
+          enabled: true,
+          useGrantedResource: () => true,
+          getResourceServerInfo: (_ctx, resourceIndicator) => ({
+            scope: 'mcp:tools mcp:admin',
+            audience: resourceIndicator,
+            accessTokenTTL: state.ttl.AccessToken,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'RS256' } },
+          }),
+        },
+      } : {}),
       registration: {
         enabled: true,
         initialAccessToken: false,
@@ -453,6 +503,7 @@ function buildProvider(issuer) {
       Session: () => 24 * 60 * 60,
       Grant: () => 14 * 24 * 60 * 60,
     },
+    ...(args.cimd ? { discovery: { client_id_metadata_document_supported: true } } : {}),
     renderError(ctx, out, _error) {
       ctx.type = 'html';
       const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -624,7 +675,11 @@ function installRoutes(provider) {
       const { stats } = state;
       stats.token.total += 1;
       if (grantType in stats.token && grantType !== 'total') stats.token[grantType] += 1;
-      stats.token_requests.push({ grant_type: grantType, client_auth: auth.method });
+      stats.token_requests.push({
+        grant_type: grantType,
+        client_auth: auth.method,
+        resource: typeof form.resource === 'string' ? form.resource : null,
+      });
 
       const fault = state.faults.token.shift();
       if (fault?.mode === 'status') {

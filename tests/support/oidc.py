@@ -147,7 +147,9 @@ class OidcServer:
         log_path: Path | None = None,
         startup_timeout: float = 30.0,
         server_dir: Path = SERVER_DIR,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        self._extra_args = tuple(extra_args)
         self._requested_port = port
         self._log_path = log_path
         self._startup_timeout = startup_timeout
@@ -180,6 +182,7 @@ class OidcServer:
                     "--port",
                     str(self._requested_port),
                     "--exit-on-stdin-close",
+                    *self._extra_args,
                 ],
                 cwd=self._server_dir,
                 stdin=subprocess.PIPE,

@@ -13,6 +13,7 @@ from grantkeeper.api.errors import install_error_handlers
 from grantkeeper.api.middleware import AccessLog, BodyGuard
 from grantkeeper.api.routes import (
     audit,
+    client_metadata,
     connect,
     grants,
     health,
@@ -77,6 +78,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(connect_pages.router)
     app.include_router(provider_events.router)
+    app.include_router(client_metadata.router)
     app.include_router(proxy_routes.router)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

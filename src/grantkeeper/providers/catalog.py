@@ -53,7 +53,7 @@ __all__ = [
     "load_catalog_from",
 ]
 
-AuthMode = Literal["oauth2", "oidc", "api_key", "basic", "oauth1", "client_credentials"]
+AuthMode = Literal["oauth2", "oidc", "api_key", "basic", "oauth1", "client_credentials", "mcp"]
 TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 
 #: The fixed category vocabulary. Every entry's ``categories`` must come from here.
@@ -356,6 +356,8 @@ class ProviderSpec(_Model):
     refresh: RefreshSpec = RefreshSpec()
     account_id: AccountIdSpec = AccountIdSpec()
     api_base_url: str | None = None
+    #: ``mcp`` entries: the vendor's published remote MCP server endpoint
+    mcp_server_url: HttpsUrl | None = None
     stamp: StampSpec = StampSpec()
     provider_events: ProviderEventsSpec | None = None
     settings: tuple[Setting, ...] = ()
@@ -425,6 +427,8 @@ class ProviderSpec(_Model):
             if self.authorization_url is None or self.token_url is None:
                 if not (self.discovery and self.issuer):
                     raise ValueError("authorization_url and token_url are required")
+        if self.mcp_server_url is not None and self.auth_mode != "mcp":
+            raise ValueError("mcp_server_url requires auth_mode 'mcp'")
         if self.discovery and self.auth_mode != "oidc":
             raise ValueError("discovery requires auth_mode 'oidc'")
         quirk_ids = [q.id for q in self.quirks]
@@ -526,7 +530,7 @@ class ProviderSpec(_Model):
     @property
     def is_generic(self) -> bool:
         """True for the two entries configured wholly by the integration (``oidc``, ``oauth2``)."""
-        return self.name in {"oidc", "oauth2"}
+        return self.name in {"oidc", "oauth2", "mcp"}
 
 
 class Catalog:

@@ -96,23 +96,36 @@ def _base_url(rt: Runtime, base: str | None) -> str:
 class _Upstream:
     """Where one call goes: the base URL, the checked path and query, the stamp."""
 
-    def __init__(self, base: str, path: str, query: str, stamp: StampSpec) -> None:
+    def __init__(
+        self, base: str, path: str, query: str, stamp: StampSpec, *, exact_root: bool = False
+    ) -> None:
         self.base = URL(base)
         self.path = path
         self.query = query
         self.stamp = stamp
         self.host = self.base.host or ""
+        #: an empty path is the base URL itself, not base + "/" (an MCP server_url)
+        self.exact_root = exact_root
 
     def url(self, access_token: str) -> URL:
         query = self.query
         if self.stamp.location == "query":
             query = with_query_param(query, self.stamp.name, access_token)
-        url = URL(join_url(str(self.base), self.path, query), encoded=True)
+        if self.exact_root and not self.path:
+            joined = str(self.base.with_query(None).with_fragment(None))
+            base_query = self.base.raw_query_string
+            q = "&".join(x for x in (base_query, query) if x)
+            url = URL(f"{joined}?{q}" if q else joined, encoded=True)
+        else:
+            url = URL(join_url(str(self.base), self.path, query), encoded=True)
         # defence in depth: the same origin, under the base path, whatever the input was
         base_path = self.base.raw_path.rstrip("/") + "/"
         if (
             url.origin() != self.base.origin()
-            or not url.raw_path.startswith(base_path)
+            or not (
+                url.raw_path.startswith(base_path)
+                or (self.exact_root and url.raw_path == self.base.raw_path)
+            )
             or any(s in (".", "..") for s in unquote(url.raw_path).split("/"))
         ):
             raise InvalidProxyPath("the path leaves the API base URL")
@@ -179,7 +192,9 @@ async def proxy(request: Request, grant_id: str, path: str) -> Response:
         query = normalise_query(raw_query)
         spec = rt.catalog.get(integ.provider)
         base = rec.api_base_url or integ.api_base_url or spec.resolve(integ.settings).api_base_url
-        upstream = _Upstream(_base_url(rt, base), rel, query, spec.stamp)
+        upstream = _Upstream(
+            _base_url(rt, base), rel, query, spec.stamp, exact_root=integ.mcp is not None
+        )
         response = await _forward(rt, request, principal, rec, upstream, f"/{rel}")
     except GrantkeeperError as exc:
         await _record(

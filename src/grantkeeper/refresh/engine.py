@@ -269,6 +269,8 @@ async def _refresh_at_provider(
     params = apply_refresh_request(
         spec, {"grant_type": "refresh_token", "refresh_token": refresh_token}
     )
+    if resolved.resource:
+        params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
     started = time.monotonic()
     metrics = rt.metrics
     try:

@@ -42,6 +42,9 @@ class IntegrationRecord:
     updated_at: float
     provider_events_secret_ct: bytes | None = None
     health_probe_interval: int | None = None
+    #: MCP integrations only: what discovery and registration found (no secret)
+    mcp: dict[str, Any] | None = None
+    registration_token_ct: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

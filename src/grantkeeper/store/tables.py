@@ -103,6 +103,10 @@ integrations = Table(
     Column("health_probe_interval", Integer, nullable=True),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    # MCP servers: what discovery found (resource, authorization server, registration kind)
+    Column("mcp", JSON, nullable=True),
+    # RFC 7591 registration access token of a self-registered client (sealed)
+    Column("registration_token_ct", LargeBinary, nullable=True),
     PrimaryKeyConstraint("environment_id", "id"),
 )
 

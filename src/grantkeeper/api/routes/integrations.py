@@ -8,7 +8,12 @@ from grantkeeper import audit
 from grantkeeper.api.deps import PrincipalDep, RuntimeDep
 from grantkeeper.errors import IntegrationInUse, NotFound
 from grantkeeper.inputs import INTEGRATION_ID, IntegrationInput
-from grantkeeper.integrations import get_or_404, integration_view, put_integration
+from grantkeeper.integrations import (
+    get_or_404,
+    integration_view,
+    prepare_mcp,
+    put_integration,
+)
 from grantkeeper.store import integrations as store
 from grantkeeper.store.db import reading
 
@@ -27,9 +32,11 @@ async def put(
 ) -> dict[str, Any]:
     principal.require("integrations:write")
     principal.require_integration(integration_id)
+    # MCP discovery and registration talk to the network: before the transaction
+    setup = await prepare_mcp(rt, principal.environment_id, integration_id, body)
     async with rt.engine.begin() as conn:
         rec, created = await put_integration(
-            conn, rt, principal.environment_id, integration_id, body
+            conn, rt, principal.environment_id, integration_id, body, mcp_setup=setup
         )
         await audit.record(
             conn,
