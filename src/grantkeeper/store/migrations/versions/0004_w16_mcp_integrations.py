@@ -1,7 +1,7 @@
 """MCP integrations: what discovery found and the registration access token (sealed)
 
-Revision ID: 0003_w16_mcp_integrations
-Revises: 0002
+Revision ID: 0004_w16_mcp_integrations
+Revises: 0003_w12b_long_urls_ui_sign_outs
 Create Date: 2026-11-30 05:10:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_w16_mcp_integrations"
-down_revision = "0002"
+revision = "0004_w16_mcp_integrations"
+down_revision = "0003_w12b_long_urls_ui_sign_outs"
 branch_labels = None
 depends_on = None
 
