@@ -1,7 +1,7 @@
 """lifecycle signals: refresh-token expiry, health probes, provider event ids
 
 Revision ID: 0003_lead20_lifecycle_signals
-Revises: 0002
+Revises: 0003_w12b_long_urls_ui_sign_outs
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_lead20_lifecycle_signals"
-down_revision = "0002"
+down_revision = "0003_w12b_long_urls_ui_sign_outs"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """MCP integrations: what discovery found and the registration access token (sealed)
 
 Revision ID: 0004_w16_mcp_integrations
-Revises: 0003_w12b_long_urls_ui_sign_outs
+Revises: 0003_lead20_lifecycle_signals
 Create Date: 2026-11-30 05:10:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_w16_mcp_integrations"
-down_revision = "0003_w12b_long_urls_ui_sign_outs"
+down_revision = "0003_lead20_lifecycle_signals"
 branch_labels = None
 depends_on = None
 
