@@ -29,9 +29,11 @@ record the head it reports (``grantkeeper audit verify --json``) somewhere else 
 the chain. Events younger than the horizon are not sealed yet and are reported as
 pending.
 
-The chain key is derived from the primary master key at sealing time; ``verify`` tries
-every loaded key, so after a key rotation old links verify as long as the old key stays
-in ``GRANTKEEPER_MASTER_KEYS`` (as it must until ``keys rotate`` has re-wrapped the data).
+The chain key is derived from the keyring's derivation secret, a key of its own that
+keeps its value through root and keyring rotation (``vault.manager``), so retiring an
+old root key never breaks verification. A database moved over from before the keyring
+takes the first local key as that secret, so its chain goes on unbroken; ``verify``
+also tries every loaded local key, for links sealed under an older first key.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.store import audit as store
 from grantkeeper.store.db import reading
-from grantkeeper.vault import Keyring, Vault
+from grantkeeper.vault import Vault
 
 __all__ = [
     "GENESIS",
@@ -85,12 +87,8 @@ def link_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
 
 
 def chain_keys(vault: Vault) -> list[tuple[str, bytes]]:
-    """(key id, chain key) for every loaded master key, the primary first."""
-    out = [(vault.primary_key_id, vault.derive_key(_PURPOSE))]
-    for kid, material in vault.keyring.keys:
-        if kid != vault.primary_key_id:
-            out.append((kid, Vault(Keyring(((kid, material),))).derive_key(_PURPOSE)))
-    return out
+    """(label, chain key): the current one first, then one per loaded local key."""
+    return vault.derived_keys(_PURPOSE)
 
 
 # ---------------------------------------------------------------- sealing

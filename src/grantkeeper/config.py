@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,17 +20,36 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from grantkeeper.errors import ConfigError
 
-__all__ = ["Settings", "parse_master_keys"]
+__all__ = ["RootSpec", "Settings", "parse_master_keys", "parse_root_keys", "pkcs11_attrs"]
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_+=.@-]+")
 
 
-def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
-    """Parse ``id:base64(32 bytes)[,id:base64...]``; the first one encrypts.
+@dataclass(frozen=True, repr=False)
+class RootSpec:
+    """One entry of ``GRANTKEEPER_MASTER_KEYS``: a root key and where it lives.
+
+    ``backend`` is ``local`` (the 32 key bytes are in ``material``), ``aws-kms``
+    (``locator`` is the key ARN) or ``pkcs11`` (``locator`` is the RFC 7512 URI).
+    """
+
+    id: str
+    backend: str
+    locator: str = ""
+    material: bytes = field(default=b"", compare=False)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"RootSpec({self.id!r}, {self.backend!r})"
+
+
+def parse_root_keys(raw: str) -> list[RootSpec]:
+    """Parse ``GRANTKEEPER_MASTER_KEYS``: ``id:base64(32 bytes)``, ``id:aws-kms:<ARN>`` or
+    ``id:pkcs11:<attributes>``, comma-separated; the first one is the default root.
 
     Error messages name the key id, never the key material.
     """
-    keys: list[tuple[str, bytes]] = []
+    keys: list[RootSpec] = []
     seen: set[str] = set()
     for n, item in enumerate(p.strip() for p in raw.split(",")):
         if not item:
@@ -40,6 +60,28 @@ def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
                 f"GRANTKEEPER_MASTER_KEYS entry {n + 1} must look like 'id:base64(32 bytes)' "
                 "with an id of letters, digits, '_', '-', '.'"
             )
+        if kid in seen:
+            raise ConfigError(f"GRANTKEEPER_MASTER_KEYS lists key '{kid}' twice")
+        if b64.startswith("aws-kms:"):
+            arn = b64[len("aws-kms:") :].strip()
+            if not _ARN.fullmatch(arn):
+                raise ConfigError(
+                    f"GRANTKEEPER_MASTER_KEYS key '{kid}' must name a KMS key ARN: "
+                    "'id:aws-kms:arn:aws:kms:<region>:<account>:key/<key id>'"
+                )
+            seen.add(kid)
+            keys.append(RootSpec(kid, "aws-kms", arn))
+            continue
+        if b64.startswith("pkcs11:"):
+            attrs = _pkcs11_attrs(kid, b64)
+            if "token" not in attrs or not ("object" in attrs or "id" in attrs):
+                raise ConfigError(
+                    f"GRANTKEEPER_MASTER_KEYS key '{kid}' must name a token and an object: "
+                    "'id:pkcs11:token=<label>;object=<key label>'"
+                )
+            seen.add(kid)
+            keys.append(RootSpec(kid, "pkcs11", b64))
+            continue
         try:
             material = base64.b64decode(b64.strip(), validate=True)
         except (binascii.Error, ValueError):
@@ -48,13 +90,36 @@ def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
             raise ConfigError(
                 f"GRANTKEEPER_MASTER_KEYS key '{kid}' must decode to 32 bytes, got {len(material)}"
             )
-        if kid in seen:
-            raise ConfigError(f"GRANTKEEPER_MASTER_KEYS lists key '{kid}' twice")
         seen.add(kid)
-        keys.append((kid, material))
+        keys.append(RootSpec(kid, "local", material=material))
     if not keys:
         raise ConfigError("GRANTKEEPER_MASTER_KEYS is set but holds no key")
     return keys
+
+
+def _pkcs11_attrs(kid: str, uri: str) -> dict[str, str]:
+    """The path attributes of an RFC 7512 ``pkcs11:`` URI (percent-decoded)."""
+    from urllib.parse import unquote
+
+    path = uri[len("pkcs11:") :].partition("?")[0]
+    out: dict[str, str] = {}
+    for part in path.split(";"):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise ConfigError(f"GRANTKEEPER_MASTER_KEYS key '{kid}': malformed pkcs11 URI")
+        out[name.strip()] = unquote(value.strip())
+    return out
+
+
+def pkcs11_attrs(uri: str) -> dict[str, str]:
+    return _pkcs11_attrs("?", uri)
+
+
+def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
+    """The local entries of ``GRANTKEEPER_MASTER_KEYS`` as ``(id, 32 bytes)``."""
+    return [(k.id, k.material) for k in parse_root_keys(raw) if k.backend == "local"]
 
 
 class Settings(BaseSettings):
@@ -69,6 +134,17 @@ class Settings(BaseSettings):
     #: default: beside the SQLite database, ``<db>.keys``
     key_file: Path | None = None
     allow_private_networks: bool = False
+    #: the PKCS#11 module (shared library) of the HSM holding ``pkcs11:`` root keys
+    pkcs11_module: str | None = None
+    #: the user PIN of the HSM token
+    pkcs11_pin: SecretStr | None = None
+    #: seconds for one call to a KMS or HSM (start, rotation, the periodic re-check)
+    kms_timeout: float = Field(default=5.0, gt=0)
+    #: how often running processes re-check their root keys and pick up new keyring keys
+    keyring_check_interval: float = Field(default=30.0, gt=0)
+    #: a keyring key wraps at most this many data keys, then a new one is rolled (the
+    #: NIST SP 800-38D limit for random 96-bit nonces is 2^32; the default keeps half of it)
+    kek_max_wraps: int = Field(default=2**31, ge=1, le=2**32 - 2**24)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -129,7 +205,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:
         if self.master_keys is not None:
-            parse_master_keys(self.master_keys.get_secret_value())
+            parse_root_keys(self.master_keys.get_secret_value())
         elif not self.is_sqlite:
             raise ConfigError(
                 "GRANTKEEPER_MASTER_KEYS is required with PostgreSQL "

@@ -10,8 +10,10 @@ Our exception hierarchy::
     + ConfigError                       config_error
     + VaultError
     | - VaultSealed                     vault_sealed
-    | - DecryptionFailed                decryption_failed   (the single opaque failure)
-    |   - UnknownKeyId                  unknown_key_id
+    | - DecryptionFailed                keys_unavailable    (the single opaque failure, 503)
+    |   - UnknownKeyId                  keys_unavailable
+    | - KeysUnavailable                 keys_unavailable    (a root key disabled/destroyed/down)
+    |   - RootKeyUnavailable            keys_unavailable    (names the root key and backend)
     + CatalogError                      catalog_error
     | - UnknownProvider                 unknown_provider
     | - InvalidProviderSettings         invalid_provider_settings
@@ -84,6 +86,8 @@ __all__ = [
     "InvalidProviderSettings",
     "InvalidProxyPath",
     "InvalidState",
+    "KeysUnavailable",
+    "RootKeyUnavailable",
     "IssuerMismatch",
     "MalformedJson",
     "McpDiscoveryFailed",
@@ -145,20 +149,43 @@ class DecryptionFailed(VaultError):
     """A ciphertext did not open: tampered, moved, truncated or wrong key.
 
     Deliberately opaque (like Fernet's ``InvalidToken``): the reason is not
-    told, so it gives an attacker nothing to probe.
+    told, so it gives an attacker nothing to probe. A request that meets one
+    answers 503 ``keys_unavailable`` (the contract: never a 500): for the caller
+    it means "this secret cannot be used now".
     """
 
-    code = "decryption_failed"
-    status = 500
+    code = "keys_unavailable"
+    status = 503
     title = "Stored secret could not be decrypted"
 
 
 class UnknownKeyId(DecryptionFailed):
-    """The key that sealed the value is not loaded: an operator problem (503), not tampering."""
+    """The key that sealed the value is not loaded: an operator problem, not tampering."""
 
-    code = "unknown_key_id"
-    status = 503
     title = "Stored secret is sealed with a key that is not loaded"
+
+
+class KeysUnavailable(VaultError):
+    """The keys of an environment cannot be used now: its root key is disabled,
+    destroyed or unreachable (only that environment is affected)."""
+
+    code = "keys_unavailable"
+    title = "Keys unavailable"
+
+
+class RootKeyUnavailable(KeysUnavailable):
+    """A root key (local, AWS KMS, PKCS#11) refused or did not answer.
+
+    ``root_id`` and ``backend`` name it; ``reason`` is ``unreachable``, ``denied``
+    (disabled, destroyed, no permission) or ``wrong_key`` (it answers but does not
+    open what it is asked to).
+    """
+
+    def __init__(self, root_id: str, backend: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.root_id = root_id
+        self.backend = backend
+        self.reason = reason
 
 
 class CatalogError(GrantkeeperError):

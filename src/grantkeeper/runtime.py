@@ -14,15 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.clock import Clock, SystemClock
 from grantkeeper.config import Settings
+from grantkeeper.errors import ConfigError
 from grantkeeper.metrics import Metrics
 from grantkeeper.netguard import GuardedConnector
 from grantkeeper.oauth.discovery import DiscoveryCache
 from grantkeeper.providers import Catalog, load_catalog
 from grantkeeper.store.db import create_engine
 from grantkeeper.store.hotpath import HotPath
-from grantkeeper.vault import Vault, load_keyring
+from grantkeeper.vault import Vault
+from grantkeeper.vault.manager import KeyManager
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["Runtime", "open_runtime", "unseal"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Runtime:
     inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     #: the token read's own small asyncpg pool (PostgreSQL; opened on first use)
     hotpath: HotPath | None = None
+    #: root keys and the keyring (``vault`` is ``keys.vault``)
+    keys: KeyManager | None = None
 
     async def close(self) -> None:
         if self.hotpath is not None:
@@ -71,12 +75,31 @@ def new_http_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+async def unseal(settings: Settings, engine: AsyncEngine) -> KeyManager:
+    """Root keys -> keyring -> a vault that opens what is stored, or a one-line ``ConfigError``
+    / ``RootKeyUnavailable`` naming the key id and backend (the process must not run)."""
+    from grantkeeper.rotation import probe_failure
+
+    keys = KeyManager.from_settings(settings)
+    await keys.start(engine)
+    failure = await probe_failure(engine, keys)
+    if failure is not None:
+        raise ConfigError(failure)
+    return keys
+
+
 async def open_runtime(
     settings: Settings, *, clock: Clock | None = None, engine: AsyncEngine | None = None
 ) -> Runtime:
-    vault = Vault(load_keyring(settings))
-    http = new_http_session(settings)
     eng = engine or create_engine(settings)
+    try:
+        keys = await unseal(settings, eng)
+    except BaseException:
+        if engine is None:
+            await eng.dispose()
+        raise
+    vault = keys.vault
+    http = new_http_session(settings)
     return Runtime(
         settings=settings,
         engine=eng,
@@ -92,4 +115,5 @@ async def open_runtime(
         hotpath=HotPath.for_engine(eng, settings.db_pool_size)
         if eng.dialect.name == "postgresql"
         else None,
+        keys=keys,
     )

@@ -279,3 +279,36 @@ def test_audit_verify_per_environment_and_text_output(quiet: Server) -> None:
     _exec(quiet, text("DELETE FROM audit_events WHERE id = (SELECT MIN(id) FROM audit_events)"))
     p = quiet.cli("audit", "verify", check=False)
     assert p.returncode == 1 and "BROKEN at event" in p.stdout
+
+
+def _db_vault(server: Server) -> Vault:
+    """The vault as a process with the server's current GRANTKEEPER_MASTER_KEYS unseals it."""
+    from grantkeeper.runtime import unseal
+
+    async def go(engine: AsyncEngine) -> Vault:
+        settings = Settings(database_url=server.db.url, master_keys=SecretStr(server.env["GRANTKEEPER_MASTER_KEYS"]))
+        return (await unseal(settings, engine)).vault
+
+    return _run(go, server.db.url)
+
+
+def test_chain_and_ui_sessions_survive_retiring_the_old_key(quiet: Server) -> None:
+    """Issue 12, review item 6: the chain key and the UI session key have a key of their own
+    in the keyring; `keys rotate` then removing the old key from the configuration keeps
+    `audit verify` at 0 and signed UI sessions valid (they were derived from the old key)."""
+    from grantkeeper.web.ui_session import UiKeys
+
+    _make_events(quiet, 3)
+    _seal_all(quiet)
+    before = UiKeys(_db_vault(quiet))
+    token = before.new_session("key-1", "env-1", time.time())
+    cookie = before.sign(token)
+    old = quiet.env["GRANTKEEPER_MASTER_KEYS"]
+    quiet.env["GRANTKEEPER_MASTER_KEYS"] = f"{master_key('t2')},{old}"
+    rotated = quiet.cli("keys", "rotate", "--json")
+    assert json.loads(rotated.stdout)["remaining_by_key"] == {}
+    quiet.env["GRANTKEEPER_MASTER_KEYS"] = quiet.env["GRANTKEEPER_MASTER_KEYS"].split(",")[0]  # t1 retired
+    code, out = _verify_cli(quiet)
+    assert code == 0, out
+    after = UiKeys(_db_vault(quiet))
+    assert after.verify(cookie, time.time()) is not None

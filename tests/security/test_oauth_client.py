@@ -22,14 +22,13 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from tests.security.fake_as import FakeAS
 from tests.support.flows import connect_grant, setup_oidc_integration, start_connect
-from tests.support.gk import Server, WebhookSink, master_key
+from tests.support.gk import Server, WebhookSink, db_vault, master_key
 from tests.support.oidc import OidcServer, authorize
 
 from grantkeeper.config import Settings
 from grantkeeper.grants import token_aad
 from grantkeeper.store.db import create_engine
 from grantkeeper.store.tables import audit_events, grants
-from grantkeeper.vault import Keyring, Vault
 
 # ---------------------------------------------------------------- helpers
 
@@ -42,7 +41,7 @@ def _redirect_params(connect_url: str) -> dict[str, str]:
 
 def stored_tokens(server: Server) -> set[str]:
     """Every token grantkeeper currently holds, decrypted with the test's master key."""
-    vault = Vault(Keyring.parse(server.env["GRANTKEEPER_MASTER_KEYS"]))
+    vault = db_vault(server.db.url, server.env["GRANTKEEPER_MASTER_KEYS"])
 
     async def go() -> set[str]:
         engine = create_engine(
@@ -94,7 +93,7 @@ class Exercise:
 
 def _refresh_tokens(server: Server) -> set[str]:
     """Stored refresh tokens (opaque, unlike the JWT access and ID tokens)."""
-    vault = Vault(Keyring.parse(server.env["GRANTKEEPER_MASTER_KEYS"]))
+    vault = db_vault(server.db.url, server.env["GRANTKEEPER_MASTER_KEYS"])
 
     async def go() -> set[str]:
         engine = create_engine(

@@ -149,6 +149,8 @@ def server_env(db: Database, port: int, tmp: Path, **overrides: str) -> dict[str
         GRANTKEEPER_REFRESH_WAIT_TIMEOUT="15",
         GRANTKEEPER_REFRESH_MIN_INTERVAL="0",
         GRANTKEEPER_WEBHOOK_RETRY_BASE="0.3",
+        # new keyring keys activate after two re-checks: keep `keys rotate` quick in tests
+        GRANTKEEPER_KEYRING_CHECK_INTERVAL="1",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)
@@ -285,3 +287,33 @@ def webhook_sink() -> Iterator[WebhookSink]:
     sink = WebhookSink()
     yield sink
     sink.close()
+
+
+def db_vault(db_url: str, keys: str) -> Any:
+    """The vault a process with ``GRANTKEEPER_MASTER_KEYS=keys`` unseals from this database
+    (root keys -> the keyring stored in it): opens what the server stored."""
+    import asyncio
+
+    from grantkeeper.config import Settings
+    from grantkeeper.runtime import unseal
+    from grantkeeper.store.db import create_engine
+
+    out: list[Any] = []
+
+    async def go() -> None:
+        settings = Settings(database_url=db_url, master_keys=keys)  # type: ignore[arg-type]
+        engine = create_engine(settings)
+        try:
+            out.append((await unseal(settings, engine)).vault)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            out.append(exc)
+        finally:
+            await engine.dispose()
+
+    # in a thread of its own: callers may already run an event loop
+    t = threading.Thread(target=asyncio.run, args=(go(),))
+    t.start()
+    t.join()
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]

@@ -47,6 +47,10 @@ def create_app(
         app.state.runtime = rt
         stop = asyncio.Event()
         worker_task = None
+        keys_task = None
+        if rt.keys is not None:
+            # re-check root keys, load new keyring keys, count the nonce budget
+            keys_task = asyncio.create_task(rt.keys.run(rt.engine, stop), name="grantkeeper-keys")
         if run_worker:
             from grantkeeper.worker.runner import run_worker as worker_loop
 
@@ -59,6 +63,13 @@ def create_app(
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await worker_task
+            if keys_task is not None:
+                keys_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await keys_task
+                if rt.keys is not None:
+                    with contextlib.suppress(Exception):
+                        await rt.keys.count_wraps(rt.engine)
             if runtime is None:
                 await rt.close()
 

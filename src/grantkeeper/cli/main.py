@@ -19,7 +19,8 @@ from grantkeeper.store import environments as env_store
 from grantkeeper.store import keys as key_store
 from grantkeeper.store.db import create_engine
 from grantkeeper.store.migrate import upgrade
-from grantkeeper.vault import Vault, generate_key_spec, load_keyring
+from grantkeeper.vault import generate_key_spec
+from grantkeeper.vault.manager import KeyManager
 
 __all__ = ["app", "main"]
 
@@ -61,12 +62,19 @@ def serve(
     from grantkeeper.api.app import create_app
 
     settings = load_settings()
-    load_keyring(settings)  # refuse to start without usable keys, before anything listens
+    KeyManager.from_settings(
+        settings
+    )  # refuse to start without usable keys, before anything listens
 
     async def boot() -> str | None:
+        from grantkeeper.runtime import unseal
+
         engine = create_engine(settings)
         try:
-            return await initialize(settings, engine)
+            key = await initialize(settings, engine)
+            # the root keys must open the keyring, and the keyring what is stored (P5)
+            await unseal(settings, engine)
+            return key
         finally:
             await engine.dispose()
 
@@ -100,14 +108,25 @@ def worker() -> None:
     settings = load_settings()
 
     async def main_loop() -> None:
+        engine = create_engine(settings)
+        try:
+            await initialize(settings, engine)
+        finally:
+            await engine.dispose()
         rt = await open_runtime(settings)
         try:
-            await initialize(settings, rt.engine)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            keys_task = None
+            if rt.keys is not None:
+                keys_task = asyncio.create_task(rt.keys.run(rt.engine, stop))
             await run_worker(rt, stop)
+            if keys_task is not None:
+                stop.set()
+                await keys_task
+                await rt.keys.count_wraps(rt.engine)  # type: ignore[union-attr]
         finally:
             await rt.close()
 
@@ -255,7 +274,22 @@ def api_keys_revoke(key_id: str, json_out: Annotated[bool, typer.Option("--json"
 
 @environments_app.command("create")
 def environments_create(
-    name: str, json_out: Annotated[bool, typer.Option("--json")] = False
+    name: str,
+    root_key: Annotated[
+        str | None,
+        typer.Option(
+            "--root-key",
+            help="Id of a GRANTKEEPER_MASTER_KEYS entry: this environment's own root key "
+            "(its secrets are sealed only under it; destroying it crypto-shreds them).",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="With --root-key: wait until running processes have loaded the new keyring."
+        ),
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Add an environment."""
     import re
@@ -264,23 +298,36 @@ def environments_create(
         fail("environment names are lowercase letters, digits, '-' and '_' (max 63)")
     settings = load_settings()
 
-    async def go() -> tuple[str, bool]:
+    async def go() -> tuple[str, bool, str | None]:
+        from grantkeeper.runtime import unseal
+
         engine = create_engine(settings)
         try:
             upgrade(settings.database_url)
             async with engine.connect() as conn:
                 existing = await env_store.by_name(conn, name)
             if existing:
-                return existing, False
-            return await ensure_environment(engine, name), True
+                return existing, False, None
+            if root_key is None:
+                return await ensure_environment(engine, name), True, None
+            keys = await unseal(settings, engine)
+            if root_key not in keys.roots:
+                fail(f"--root-key {root_key!r} is not an entry of GRANTKEEPER_MASTER_KEYS")
+            env_id = await ensure_environment(engine, name)
+            await keys.create_environment_ring(engine, env_id, root_key)
+            if wait:
+                # running processes pick the new ring up on their next keyring re-check
+                await asyncio.sleep(keys.settings.keyring_check_interval + 1)
+            return env_id, True, root_key
         finally:
             await engine.dispose()
 
-    env_id, created = run(go)
+    env_id, created, root = run(go)
     if json_out:
-        print_json({"id": env_id, "name": name, "created": created})
+        print_json({"id": env_id, "name": name, "created": created, "root_key": root})
     else:
-        console.print(f"{'created' if created else 'exists'}: {name} ({env_id})")
+        extra = f", root key {root}" if root else ""
+        console.print(f"{'created' if created else 'exists'}: {name} ({env_id}{extra})")
 
 
 @environments_app.command("list")
@@ -316,43 +363,92 @@ def keys_generate(
 
 
 @keys_app.command("rotate")
-def keys_rotate(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Re-wrap every data key under the first key of GRANTKEEPER_MASTER_KEYS (online, resumable)."""
-    from grantkeeper.rotation import count_pending, rotate
+def keys_rotate(
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Give up (exit 1) when old keys are still written after this many seconds."
+        ),
+    ] = 300.0,
+) -> None:
+    """Move everything to the first key of GRANTKEEPER_MASTER_KEYS (online, resumable).
+
+    Re-wraps the keyring under the first root key (local to KMS or HSM included), adds a
+    new keyring key to every ring, waits until running processes seal under it, re-wraps
+    every stored data key, repeats until a final count finds none left under an old key,
+    then retires the old keyring keys.
+    """
+    from grantkeeper.rotation import count_pending, rotate_until_done
+    from grantkeeper.runtime import unseal
 
     settings = load_settings()
-    vault = Vault(load_keyring(settings))
 
-    async def go() -> dict[str, int]:
+    async def go() -> dict[str, Any]:
         engine = create_engine(settings)
         try:
             upgrade(settings.database_url)
+            keys = await unseal(settings, engine)
+            ring = await keys.rotate_keyring(engine)
+            await keys.reload(engine)
+            wait = ring["activate_at"] - SystemClock().now()
+            if wait > 0:
+                err_console.print(
+                    f"new keyring keys activate in {wait:.0f} s (running processes load them first)",
+                    highlight=False,
+                )
+                await asyncio.sleep(wait)
+            vault = keys.vault
             total = await count_pending(engine, vault)
             with Progress(console=err_console, transient=json_out) as progress:
                 task = progress.add_task(
-                    f"re-wrapping under {vault.primary_key_id}", total=max(total, 1)
+                    f"re-wrapping under {vault.primary_key_id} (root key {keys.first_root.id})",
+                    total=max(total, 1),
                 )
-                report = await rotate(engine, vault, progress=lambda n: progress.advance(task, n))
+                report = await rotate_until_done(
+                    engine, vault, timeout=timeout, progress=lambda n: progress.advance(task, n)
+                )
+            left = sum(report.remaining.values()) - report.failed
+            retired: list[str] = []
+            if left <= 0 and report.failed == 0:
+                retired = await keys.retire_others(engine, set(ring["new_keys"]))
+            await keys.count_wraps(engine)
             return {
+                "primary_key_id": vault.primary_key_id,
+                "root_key_id": keys.first_root.id,
                 "examined": report.examined,
                 "rewrapped": report.rewrapped,
                 "changed_meanwhile": report.skipped_changed,
                 "failed": report.failed,
+                "passes": report.passes,
+                "remaining_by_key": report.remaining,
+                "keyring_rewrapped": ring["keyring_rewrapped"],
+                "new_keyring_keys": ring["new_keys"],
+                "retired_keyring_keys": retired,
             }
         finally:
             await engine.dispose()
 
     result = run(go)
     if json_out:
-        print_json({"primary_key_id": vault.primary_key_id, **result})
+        print_json(result)
     else:
         console.print(
-            f"rows examined: {result['examined']}, re-wrapped: {result['rewrapped']} (primary key {vault.primary_key_id})"
+            f"rows examined: {result['examined']}, re-wrapped: {result['rewrapped']} "
+            f"(primary key {result['primary_key_id']}, root key {result['root_key_id']})"
         )
     if result["failed"]:
         fail(
             f"{result['failed']} stored secret(s) did not open and were left as they are "
             "(see the log); keep the old key until they are resolved",
+            code=1,
+        )
+    left = sum(result["remaining_by_key"].values())
+    if left:
+        by_key = ", ".join(f"{k}: {n}" for k, n in sorted(result["remaining_by_key"].items()))
+        fail(
+            f"{left} stored secret(s) are still under old keys ({by_key}): a process with the "
+            "old configuration is still writing; update it and run keys rotate again",
             code=1,
         )
 
@@ -434,11 +530,14 @@ def audit_verify(
     from grantkeeper.auditchain import ChainReport, verify
 
     settings = load_settings()
-    vault = Vault(load_keyring(settings))
 
     async def go() -> list[tuple[str, ChainReport]]:
+        from grantkeeper.runtime import unseal
+
         engine = create_engine(settings)
         try:
+            upgrade(settings.database_url)
+            vault = (await unseal(settings, engine)).vault
             async with engine.connect() as conn:
                 envs = await env_store.list_all(conn)
             if environment is not None:

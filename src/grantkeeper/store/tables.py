@@ -32,6 +32,7 @@ __all__ = [
     "environments",
     "grants",
     "integrations",
+    "keyring_keys",
     "metadata",
     "provider_event_ids",
     "rate_limits",
@@ -60,6 +61,9 @@ environments = Table(
     Column("id", ID, primary_key=True),
     Column("name", String(63), nullable=False, unique=True),
     Column("created_at", Double, nullable=False),
+    #: the id of a GRANTKEEPER_MASTER_KEYS entry: this environment's own root key (its
+    #: secrets are sealed only under keyring keys wrapped by it); NULL: the default root
+    Column("root_key_id", String(32), nullable=True),
 )
 
 api_keys = Table(
@@ -285,4 +289,24 @@ ui_sign_outs = Table(
     # SHA-256 of the session nonce
     Column("nonce_hash", LargeBinary(32), primary_key=True),
     Column("expires_at", Double, nullable=False),
+)
+
+#: the keyring (Vault's keyring): key-encryption keys and the derivation secret, each
+#: stored only wrapped under a root key (never in clear). ``environment_id`` NULL is the
+#: shared ring (the default root); else the ring of an environment with its own root.
+keyring_keys = Table(
+    "keyring_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=True),
+    # kek (wraps data keys) | derive (the audit chain and UI session keys derive from it)
+    Column("purpose", String(16), nullable=False),
+    Column("root_key_id", String(32), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+    #: processes start sealing under a new key at this time (they all load it first)
+    Column("activate_at", Double, nullable=False),
+    Column("retired_at", Double, nullable=True),
+    #: data keys wrapped under it so far, added up by every process (the nonce budget)
+    Column("wraps", BigInteger, nullable=False, server_default="0"),
 )

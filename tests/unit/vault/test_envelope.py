@@ -109,7 +109,7 @@ def test_integrity_error_is_opaque() -> None:
     with pytest.raises(DecryptionFailed) as info:
         v.open(bytes(blob), aad())
     assert type(info.value) is DecryptionFailed
-    assert info.value.code == "decryption_failed"
+    assert info.value.code == "keys_unavailable" and info.value.status == 503  # v2 contract: never 500
     assert SECRET.decode(errors="ignore") not in str(info.value)
 
 
@@ -183,7 +183,7 @@ def test_unknown_key_id_is_explicit() -> None:
     blob = vault(("k2", K2)).seal(SECRET, aad())
     with pytest.raises(UnknownKeyId) as info:
         vault(("k1", K1)).open(blob, aad())
-    assert info.value.code == "unknown_key_id"
+    assert info.value.code == "keys_unavailable"
     assert "k2" in str(info.value)
 
 
@@ -312,6 +312,6 @@ def test_property_move_fails(other: str) -> None:
 
 
 def test_header_kid_rejects_garbage() -> None:
-    for junk in (b"", b"\x01", b"\x02\x02k1" + bytes(100), b"\x01\x00" + bytes(100), b"\x01\x02\xff\xfe" + bytes(100)):
+    for junk in (b"", b"\x01", b"\x03\x02k1" + bytes(100), b"\x01\x00" + bytes(100), b"\x01\x02\xff\xfe" + bytes(100)):
         with pytest.raises(DecryptionFailed):
             _aead.header_kid(junk)

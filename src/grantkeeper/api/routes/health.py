@@ -10,7 +10,6 @@ from starlette.responses import Response
 
 from grantkeeper.api.deps import RuntimeDep
 from grantkeeper.api.errors import problem_response
-from grantkeeper.errors import DecryptionFailed
 from grantkeeper.rotation import probe as probe_stored
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
@@ -33,10 +32,7 @@ async def readyz(rt: RuntimeDep) -> dict[str, Any] | Response:
         return problem_response(
             503, "database_unavailable", "Database unavailable", "the database is not reachable"
         )
-    try:
-        probe = rt.vault.seal(b"readyz", b"readyz")
-        rt.vault.open(probe, b"readyz")
-    except DecryptionFailed:
+    if rt.keys is None or not rt.vault.state.v2 and not rt.vault.state.v1:
         return problem_response(
             503, "vault_sealed", "Keys not loaded", "the key-encryption keys are not usable"
         )
@@ -56,7 +52,13 @@ async def readyz(rt: RuntimeDep) -> dict[str, Any] | Response:
             "no stored secret opens with the loaded GRANTKEEPER_MASTER_KEYS; "
             "the key that sealed them is missing",
         )
-    return {"status": "ready", "primary_key_id": rt.vault.primary_key_id}
+    # each root key reports itself: backend, where it lives, whether its last use worked,
+    # and the environments that have it as their own root
+    return {
+        "status": "ready",
+        "primary_key_id": rt.vault.primary_key_id,
+        "roots": rt.keys.describe(),
+    }
 
 
 @router.get("/metrics", response_class=Response)
