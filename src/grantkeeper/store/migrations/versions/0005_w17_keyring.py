@@ -1,7 +1,7 @@
 """the keyring: key-encryption keys wrapped under root keys; per-environment roots
 
-Revision ID: 0004_w17_keyring
-Revises: 0003_lead20_lifecycle_signals, 0003_w12b_long_urls_ui_sign_outs (also merges those two heads)
+Revision ID: 0005_w17_keyring
+Revises: 0004_w16_mcp_integrations
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_w17_keyring"
-down_revision = ("0003_lead20_lifecycle_signals", "0003_w12b_long_urls_ui_sign_outs")
+revision = "0005_w17_keyring"
+down_revision = "0004_w16_mcp_integrations"
 branch_labels = None
 depends_on = None
 
