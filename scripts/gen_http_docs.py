@@ -146,6 +146,70 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         "503 (`database_unavailable`, `vault_sealed` or `vault_key_mismatch`).",
     ),
     ("GET", "/metrics"): ("none", "Prometheus text format."),
+    ("PUT", "/v1/subject-issuers/{issuer_id}"): (
+        "`admin`",
+        "Trust the app's own login system: 201 when created, 200 when replaced, "
+        '`{"id", "issuer", "jwks_uri", "audience", "user_id_claim", "allowed_origins", ...}`. '
+        "`allowed_origins` are exact `scheme://host[:port]` origins (no wildcard). 409 "
+        "`already_exists` when another subject issuer (in any environment) already trusts the "
+        "same `issuer` and `audience`; 422 `unsafe_url` for a private `jwks_uri` unless "
+        "`GRANTKEEPER_ALLOW_PRIVATE_NETWORKS=1`. See docs/end-user-access.md.",
+    ),
+    ("GET", "/v1/subject-issuers"): ("`admin`", '`{"data": [subject issuer, ...]}`.'),
+    ("GET", "/v1/subject-issuers/{issuer_id}"): ("`admin`", "The subject issuer; 404."),
+    ("DELETE", "/v1/subject-issuers/{issuer_id}"): (
+        "`admin`",
+        '`{"id", "deleted": true}`; its JWTs stop working at once.',
+    ),
+    ("POST", "/v1/end-user-tokens"): (
+        "`connect`",
+        '201 `{"id", "token", "expires_at", "user_id", "integration_ids"}`: a bearer '
+        "(`gkut_...`, shown only here) that stands for one end user, for at most `ttl` "
+        "seconds (60..3600, default 900); optionally bound to some integrations (a key "
+        "limited to integrations binds it to those). Stored as a hash only. "
+        "`Cache-Control: no-store`.",
+    ),
+    ("DELETE", "/v1/end-user-tokens/{token_id}"): (
+        "`connect`",
+        '`{"id", "revoked": true}`: the token stops working at once; 404 when unknown.',
+    ),
+    ("POST", "/oauth/token"): (
+        "none from a browser (integrations with `client_access: true`, allowed `Origin`); "
+        "else an API key with `credentials:read`",
+        "RFC 8693 token exchange, form-encoded: `grant_type="
+        "urn:ietf:params:oauth:grant-type:token-exchange`, `subject_token`, "
+        "`subject_token_type` (`urn:ietf:params:oauth:token-type:jwt` or "
+        "`urn:ietf:params:oauth:token-type:access_token` for end-user tokens), `audience` "
+        "(the integration id), `scope`?, `requested_token_type`?, `login_hint`?. 200 "
+        '`{"access_token", "issued_token_type", "token_type": "Bearer", "expires_in", '
+        '"scope"}` with `Cache-Control: no-store`: the end user\'s own provider access '
+        "token, refreshed first like `POST /v1/grants/{id}/token`. Errors are RFC 6749 5.2 "
+        "JSON (`error`, `error_description`): 400 `invalid_request`, `invalid_grant`, "
+        "`invalid_target`, `invalid_scope`, `unsupported_grant_type`, `unauthorized_client`; "
+        "401 `invalid_client`; 429 `slow_down`; 503 `temporarily_unavailable` (with "
+        "`Retry-After`).",
+    ),
+    ("GET", "/v1/me/grants"): (
+        "an end-user token or a trusted JWT",
+        '`{"data": [grant, ...]}`: the caller\'s own grants that are not revoked. 401 '
+        "`invalid_subject_token`.",
+    ),
+    ("POST", "/v1/me/connect-sessions"): (
+        "an end-user token or a trusted JWT",
+        '`{"integration_id", "return_to"}` -> 201 `{"id", "connect_url", "expires_at"}` for '
+        "the caller; 422 `return_to_not_allowed`.",
+    ),
+    ("DELETE", "/v1/me/grants/{grant_id}"): (
+        "an end-user token or a trusted JWT",
+        'Disconnect one of the caller\'s grants: `{"id", "status": "revoked", '
+        '"provider_revocation"}`; another user\'s grant is 404.',
+    ),
+    ("GET", "/sdk/grantkeeper.js"): (
+        "none",
+        "The browser SDK (an ES module; `text/javascript; charset=utf-8`, "
+        "`Access-Control-Allow-Origin: *`, `ETag`, 5 minutes cache). See "
+        "docs/end-user-access.md.",
+    ),
 }
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
     NOTES[(_method, "/v1/proxy/{grant_id}/{path}")] = (

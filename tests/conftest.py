@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.oidc", "tests.support.gk"]
+pytest_plugins = ["tests.support.oidc", "tests.support.gk", "tests.support.subjects"]

@@ -37,16 +37,22 @@ _DUMMY_HASH = hashlib.sha256(b"grantkeeper-dummy").digest()
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: an API key within exactly one environment."""
+    """Who is calling: an API key within exactly one environment.
+
+    An end user acting for themselves (``access.subjects.Subject.principal``) is one too:
+    then ``user_id`` is set, ``key_id`` names the credential they used, and the audit
+    actor is ``user:<user_id>``.
+    """
 
     key_id: str
     environment_id: str
     scopes: frozenset[str]
     integration_ids: frozenset[str] | None
+    user_id: str | None = None
 
     @property
     def actor(self) -> str:
-        return f"key:{self.key_id}"
+        return f"user:{self.user_id}" if self.user_id is not None else f"key:{self.key_id}"
 
     def require(self, scope: str) -> None:
         if "admin" not in self.scopes and scope not in self.scopes:

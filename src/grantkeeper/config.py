@@ -194,6 +194,18 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
 
+    #: subject tokens (the app's own JWTs, RFC 8693): clock leeway for exp/nbf/iat, and the
+    #: oldest ``iat`` accepted, in seconds
+    subject_token_leeway: int = Field(default=30, ge=0, le=300)
+    subject_token_max_age: int = Field(default=3600, ge=60, le=86_400)
+    #: how long a subject issuer's JWKS is cached, and the least time between two refetches
+    #: caused by an unknown ``kid`` (so forged kids cannot make us hammer the issuer)
+    jwks_cache_seconds: float = Field(default=300.0, ge=0)
+    jwks_refetch_interval: float = Field(default=30.0, ge=0)
+    #: per end user, token exchanges per second (``POST /oauth/token``); 0 disables
+    exchange_rate_per_second: float = Field(default=5.0, ge=0)
+    exchange_rate_burst: int = Field(default=30, ge=1)
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, v: str) -> str:

@@ -20,6 +20,7 @@ Our exception hierarchy::
     + AuthError
     | - Unauthenticated                 unauthenticated
     | - Forbidden                       forbidden
+    | - InvalidSubjectToken             invalid_subject_token (an end user's JWT or token)
     + NotFound                          not_found
     + Conflict                          conflict
     | - IntegrationInUse                integration_in_use
@@ -56,6 +57,7 @@ Our exception hierarchy::
     + SignalRejected                    provider_event_unverified (401: a provider notification
     | |                                   that does not verify; nothing changes)
     | - SignalMalformed                 provider_event_malformed (400)
+    + TokenExchangeError                (RFC 6749 5.2 JSON: ``error`` is the OAuth code)
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ __all__ = [
     "InvalidState",
     "KeysUnavailable",
     "RootKeyUnavailable",
+    "InvalidSubjectToken",
     "IssuerMismatch",
     "MalformedJson",
     "McpDiscoveryFailed",
@@ -102,6 +105,7 @@ __all__ = [
     "RefreshTokenRejected",
     "RequestTooLarge",
     "ReturnToNotAllowed",
+    "TokenExchangeError",
     "TokenExportDisabled",
     "TokensAlreadyRetrieved",
     "Unauthenticated",
@@ -219,6 +223,18 @@ class Forbidden(AuthError):
     code = "forbidden"
     status = 403
     title = "The API key lacks the required scope"
+
+
+class InvalidSubjectToken(AuthError):
+    """An end user's bearer (a trusted issuer's JWT or an end-user token) did not verify.
+
+    One opaque error for every reason (bad signature, expired, unknown issuer, revoked):
+    the reason is logged at debug level, never told.
+    """
+
+    code = "invalid_subject_token"
+    status = 401
+    title = "Missing, invalid, expired or untrusted end-user token"
 
 
 class NotFound(GrantkeeperError):
@@ -445,3 +461,27 @@ class SignalMalformed(SignalRejected):
     code = "provider_event_malformed"
     status = 400
     title = "Malformed provider notification"
+class TokenExchangeError(GrantkeeperError):
+    """An RFC 8693 token exchange refused: rendered as RFC 6749 section 5.2 JSON, not problem+json.
+
+    ``error`` is the OAuth error code (``invalid_request``, ``invalid_grant``,
+    ``invalid_target``, ``invalid_scope``, ``invalid_client``, ...); the description never
+    says more than the caller may know (why a subject token failed is not told).
+    """
+
+    code = "token_exchange_error"
+    status = 400
+    title = "Token exchange refused"
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.error = error
+        self.http_status = status
+        self.retry_after = retry_after

@@ -137,6 +137,8 @@ class IntegrationInput(_In):
     ) = None
     #: seconds between health probes of each grant (a cheap authenticated call); None: off
     health_probe_interval: Annotated[int, Field(ge=300, le=30 * 86_400)] | None = None
+    #: end users may fetch their own access tokens from a browser (``POST /oauth/token``)
+    client_access: bool = False
 
 
 class CreateConnectSession(_In):

@@ -66,6 +66,7 @@ def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
         "connect_page": rec.connect_page,
         "provider_events_secret_set": rec.provider_events_secret_ct is not None,
         "health_probe_interval": rec.health_probe_interval,
+        "client_access": rec.client_access,
         "callback_url": rt.settings.callback_url,
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
@@ -154,6 +155,7 @@ async def _put_mcp(
         "settings": dict(body.settings),
         "token_export": body.token_export,
         "connect_page": body.connect_page,
+        "client_access": body.client_access,
         **setup.record_values(),
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
@@ -248,6 +250,7 @@ async def put_integration(
         "health_probe_interval": body.health_probe_interval,
         "mcp": None,
         "registration_token_ct": None,
+        "client_access": body.client_access,
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
     if body.health_probe_interval is None and existing is not None:

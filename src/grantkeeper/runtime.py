@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from grantkeeper.access.jwks import JwksCache
 from grantkeeper.clock import Clock, SystemClock
 from grantkeeper.config import Settings
 from grantkeeper.errors import ConfigError
@@ -24,7 +25,7 @@ from grantkeeper.store.hotpath import HotPath
 from grantkeeper.vault import Vault
 from grantkeeper.vault.manager import KeyManager
 
-__all__ = ["Runtime", "open_runtime", "unseal"]
+__all__ = ["Runtime", "new_jwks_cache", "open_runtime", "unseal"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Runtime:
     hotpath: HotPath | None = None
     #: root keys and the keyring (``vault`` is ``keys.vault``)
     keys: KeyManager | None = None
+    #: subject issuers' key sets (end-user access); built by ``open_runtime``
+    subject_jwks: JwksCache | None = None
 
     async def close(self) -> None:
         if self.hotpath is not None:
@@ -116,4 +119,15 @@ async def open_runtime(
         if eng.dialect.name == "postgresql"
         else None,
         keys=keys,
+        subject_jwks=new_jwks_cache(settings, http),
+    )
+
+
+def new_jwks_cache(settings: Settings, http: aiohttp.ClientSession) -> JwksCache:
+    return JwksCache(
+        http,
+        allow_private=settings.allow_private_networks,
+        timeout=settings.http_timeout,
+        ttl=settings.jwks_cache_seconds,
+        refetch_interval=settings.jwks_refetch_interval,
     )

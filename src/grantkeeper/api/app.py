@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
+from grantkeeper.access import routes as access_routes
+from grantkeeper.access.cors import EndUserCors
 from grantkeeper.api.errors import install_error_handlers
 from grantkeeper.api.middleware import AccessLog, BodyGuard
 from grantkeeper.api.routes import (
@@ -87,6 +89,7 @@ def create_app(
     app.include_router(token.router)  # first: the hot path is matched before /v1/grants/{id}
     for module in (providers, integrations, connect, grants, webhooks, audit, health):
         app.include_router(module.router)
+    app.include_router(access_routes.router)
     app.include_router(connect_pages.router)
     app.include_router(provider_events.router)
     app.include_router(client_metadata.router)
@@ -94,5 +97,6 @@ def create_app(
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
+    app.add_middleware(EndUserCors)
     app.add_middleware(AccessLog)
     return app

@@ -24,6 +24,7 @@ from grantkeeper.errors import (
     RateLimited,
     RefreshBusy,
     StoreUnavailable,
+    TokenExchangeError,
 )
 
 __all__ = ["install_error_handlers", "problem", "problem_response"]
@@ -81,7 +82,24 @@ def problem_response(
     )
 
 
+def oauth_error_response(exc: TokenExchangeError) -> Response:
+    """RFC 6749 section 5.2: ``{"error", "error_description"}``, not problem+json."""
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="grantkeeper"'
+    return Response(
+        orjson.dumps({"error": exc.error, "error_description": exc.detail}),
+        status_code=exc.http_status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
 def error_response(exc: GrantkeeperError) -> Response:
+    if isinstance(exc, TokenExchangeError):
+        return oauth_error_response(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, ProviderUnavailable | RateLimited):
         headers["Retry-After"] = str(exc.retry_after)

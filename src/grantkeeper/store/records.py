@@ -45,6 +45,7 @@ class IntegrationRecord:
     #: MCP integrations only: what discovery and registration found (no secret)
     mcp: dict[str, Any] | None = None
     registration_token_ct: bytes | None = None
+    client_access: bool = False
 
 
 @dataclass(frozen=True, slots=True)

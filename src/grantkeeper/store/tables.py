@@ -23,12 +23,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 __all__ = [
     "api_keys",
     "audit_events",
     "connect_sessions",
+    "end_user_tokens",
     "environments",
     "grants",
     "integrations",
@@ -36,6 +38,7 @@ __all__ = [
     "metadata",
     "provider_event_ids",
     "rate_limits",
+    "subject_issuers",
     "ui_sign_outs",
     "webhook_deliveries",
     "webhook_endpoints",
@@ -111,6 +114,8 @@ integrations = Table(
     Column("mcp", JSON, nullable=True),
     # RFC 7591 registration access token of a self-registered client (sealed)
     Column("registration_token_ct", LargeBinary, nullable=True),
+    # end users may fetch their own access tokens from a browser (RFC 8693 exchange)
+    Column("client_access", Boolean, nullable=False, server_default=false()),
     PrimaryKeyConstraint("environment_id", "id"),
 )
 
@@ -201,7 +206,8 @@ audit_events = Table(
     Column("id", SERIAL, primary_key=True, autoincrement=True),
     Column("environment_id", ID, nullable=False),
     Column("at", Double, nullable=False),
-    Column("actor", String(80), nullable=False),
+    # "key:<id>", "user:<user_id>" (user ids are up to 255 characters), ...
+    Column("actor", String(300), nullable=False),
     Column("action", String(64), nullable=False),
     Column("grant_id", ID, nullable=True),
     Column("integration_id", String(63), nullable=True),
@@ -309,4 +315,38 @@ keyring_keys = Table(
     Column("retired_at", Double, nullable=True),
     #: data keys wrapped under it so far, added up by every process (the nonce budget)
     Column("wraps", BigInteger, nullable=False, server_default="0"),
+)
+
+# the app's own login systems, whose JWTs identify end users (RFC 8693 subject tokens)
+subject_issuers = Table(
+    "subject_issuers",
+    metadata,
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("id", String(63), nullable=False),
+    Column("issuer", String(1000), nullable=False),
+    Column("jwks_uri", String(2000), nullable=False),
+    Column("audience", String(1000), nullable=False),
+    Column("user_id_claim", String(100), nullable=False),
+    Column("allowed_origins", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    PrimaryKeyConstraint("environment_id", "id"),
+    Index("ix_subject_issuers_issuer", "issuer"),
+)
+
+# short-lived bearers that stand for one end user; only the SHA-256 of the secret is kept
+end_user_tokens = Table(
+    "end_user_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("environment_id", ID, ForeignKey("environments.id"), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("integration_ids", JSON, nullable=True),
+    Column("secret_hash", LargeBinary(32), nullable=False),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    Index("ix_end_user_tokens_env_user", "environment_id", "user_id"),
+    Index("ix_end_user_tokens_expires", "expires_at"),
 )
