@@ -78,6 +78,8 @@ const state = {
   issMode: null,
   // extra members merged into every successful token response (e.g. refresh_token_expires_in)
   tokenExtras: {},
+  // browser origins allowed to call userinfo (CORS), besides the client's redirect origins
+  corsOrigins: [],
   stats: freshStats(),
 };
 
@@ -89,6 +91,7 @@ function resetState() {
   state.idTokenDefect = null;
   state.issMode = null;
   state.tokenExtras = {};
+  state.corsOrigins = [];
   state.stats = freshStats();
 }
 
@@ -453,6 +456,14 @@ function buildProvider(issuer) {
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
     clockTolerance: 0,
     rotateRefreshToken: true,
+    clientBasedCORS(ctx, origin, client) {
+      if (origin === 'null') return false;
+      if (state.corsOrigins.includes(origin)) return true;
+      if (ctx.oidc.route === 'userinfo' || client.clientAuthMethod === 'none') {
+        return client.redirectUris.some((uri) => URL.parse(uri)?.origin === origin);
+      }
+      return false;
+    },
     pkce: { required: () => true },
     responseTypes: ['code'],
     scopes: ['openid', 'offline_access', 'profile', 'email', 'api:read'],
@@ -587,6 +598,13 @@ function installRoutes(provider) {
             ctx.throw(400, `unknown defect ${body.kind}`);
           }
           ctx.body = { kind: state.idTokenDefect ?? 'none' };
+          return;
+        }
+        case 'POST /__control/cors-origins': {
+          const { origins } = await readJson(ctx);
+          if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string')) ctx.throw(400, 'origins must be a list of strings');
+          state.corsOrigins = origins;
+          ctx.body = { ok: true, origins };
           return;
         }
         case 'POST /__control/iss-mode': {

@@ -341,7 +341,7 @@ class OidcServer:
         return data
 
     def reset(self) -> None:
-        """Clear stats, faults, defects, iss mode, deny; account back to alice; default TTLs.
+        """Clear stats, faults, defects, iss mode, deny, CORS origins; account back to alice; default TTLs.
 
         Registered clients, grants and tokens are kept.
         """
@@ -398,6 +398,10 @@ class OidcServer:
     def token_extras(self, **extras: Any) -> None:
         """Members merged into every successful token response from now on (until reset)."""
         self._post_json("/__control/token-extras", extras)
+
+    def allow_cors(self, *origins: str) -> None:
+        """Let browsers on ``origins`` call userinfo (CORS); ``reset()`` clears the list."""
+        self._post_json("/__control/cors-origins", {"origins": list(origins)})
 
     def revoke_account_grants(self, account: str) -> int:
         """Revoke every grant (and its tokens) and session of ``account``; returns #grants."""
