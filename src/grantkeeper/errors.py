@@ -461,6 +461,8 @@ class SignalMalformed(SignalRejected):
     code = "provider_event_malformed"
     status = 400
     title = "Malformed provider notification"
+
+
 class TokenExchangeError(GrantkeeperError):
     """An RFC 8693 token exchange refused: rendered as RFC 6749 section 5.2 JSON, not problem+json.
 
