@@ -41,10 +41,11 @@ NOT_A_PROVIDER_SOURCE = (
 
 def endpoint_signature(spec: ProviderSpec) -> tuple[str | None, ...] | None:
     """What makes two entries the same integration target; None for the generic entries."""
-    urls = tuple(getattr(spec, field) for field in TEMPLATED_FIELDS)
+    server = getattr(spec, "mcp_server_url", None)
+    urls = (*(getattr(spec, field) for field in TEMPLATED_FIELDS), server)
     if not any(urls):
         return None
-    return (spec.auth_mode, spec.authorization_url, spec.token_url, spec.api_base_url)
+    return (spec.auth_mode, spec.authorization_url, spec.token_url, spec.api_base_url, server)
 
 
 # -- scopes --------------------------------------------------------------------------------------
