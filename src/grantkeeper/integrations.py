@@ -144,11 +144,18 @@ async def _put_mcp(
                 setup.registration_access_token,
                 registration_token_aad(environment_id, integration_id),
             )
+    events_secret_ct: bytes | None = existing.provider_events_secret_ct if existing else None
+    if body.provider_events_secret is not None:
+        events_secret_ct = rt.vault.seal(
+            body.provider_events_secret, events_secret_aad(environment_id, integration_id)
+        )
     values: dict[str, Any] = {
         "provider": body.provider,
         "display_name": body.display_name,
         "client_secret_ct": secret_ct,
         "registration_token_ct": token_ct,
+        "provider_events_secret_ct": events_secret_ct,
+        "health_probe_interval": body.health_probe_interval,
         "scopes": list(body.scopes),
         "return_urls": list(body.return_urls),
         "authorization_params": dict(body.authorization_params),
@@ -159,6 +166,8 @@ async def _put_mcp(
         **setup.record_values(),
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
+    if body.health_probe_interval is None and existing is not None:
+        await signal_store.stop_probes(conn, environment_id, integration_id)
     rec = await store.get(conn, environment_id, integration_id)
     assert rec is not None
     return rec, created

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from tests.support.flows import RETURN_URL, start_connect
-from tests.support.gk import Server, running_server
+from tests.support.gk import Server, WebhookSink, running_server
 from tests.support.mcp_server import McpServer, sse_messages
 from tests.support.oidc import OidcServer, decode_jwt_unverified
 
@@ -180,6 +180,32 @@ def test_dcr_integration_from_server_url_connects_calls_and_refreshes(
         # the integration GET reports the same
         got = c.get("/v1/integrations/tools").json()
         assert got["mcp"]["registration"] == "dcr"
+
+
+def test_proxy_refreshes_once_on_401_and_webhooks_fire(
+    gk: Server, dcr_as: OidcServer, mcp: McpServer, webhook_sink: WebhookSink
+) -> None:
+    with gk.client() as c:
+        c.post("/v1/webhook-endpoints", json={"url": webhook_sink.url, "events": ["*"]})
+    assert put_mcp(gk, "tools", mcp.url).status_code == 201
+    gid, _ = connect_mcp(gk, dcr_as, "tools", "u-401")
+    webhook_sink.wait_for(lambda w: w.json()["type"] == "grant.created")
+    before = len(refreshes(dcr_as))
+    mcp.knobs.reject_valid_tokens = 1
+    mcp.seen.clear()
+    with gk.client() as c:
+        r = rpc(c, gid, INIT)
+        assert r.status_code == 200, r.text
+    assert len(refreshes(dcr_as)) - before == 1
+    first, second = mcp.seen[0], mcp.seen[1]
+    assert (first.status, second.status) == (401, 200)
+    assert first.authorization != second.authorization  # replayed with the new token
+    # a server that keeps refusing gets exactly one refresh and its 401 passed on
+    mcp.knobs.reject_valid_tokens = 5
+    before = len(refreshes(dcr_as))
+    with gk.client() as c:
+        assert rpc(c, gid, INIT).status_code == 401
+    assert len(refreshes(dcr_as)) - before == 1
 
 
 def test_put_again_keeps_the_registration(gk: Server, dcr_as: OidcServer, mcp: McpServer) -> None:

@@ -63,6 +63,8 @@ class McpKnobs:
     #: a fake authorization server's metadata served at /.well-known/oauth-authorization-server/fake-as
     fake_as_metadata: dict[str, Any] | None = None
     scopes_supported: list[str] = field(default_factory=lambda: ["mcp:tools"])
+    #: answer this many otherwise valid tokens with 401 invalid_token (a token revoked early)
+    reject_valid_tokens: int = 0
 
 
 class McpServer:
@@ -220,6 +222,9 @@ class McpServer:
         self.seen.append(seen)
         token = authz[7:].strip() if authz and authz[:7].lower() == "bearer " else None
         claims = await self._claims(token, endpoint) if token else None
+        if claims is not None and self.knobs.reject_valid_tokens > 0:
+            self.knobs.reject_valid_tokens -= 1
+            claims = None
         if claims is None:
             seen.status = 401
             return web.json_response(

@@ -46,6 +46,7 @@ async def put(
             now=rt.clock.now(),
             integration_id=integration_id,
             client_secret_changed=body.client_secret is not None,
+            **({"mcp_registration": setup.registration} if setup is not None else {}),
         )
     response.status_code = 201 if created else 200
     return integration_view(rec, rt)
