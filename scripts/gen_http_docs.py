@@ -31,9 +31,14 @@ DOCS_PATH = ROOT / "docs" / "http-api.md"
 NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/providers"): (
         "any valid key",
-        '`{"data": [{"name", "display_name", "auth_mode", "categories", "docs_url"}, ...]}`.',
+        '`{"data": [{"name", "display_name", "auth_mode", "categories", "docs_url"}, ...]}`; '
+        "`?auth_mode=api_key` (etc.) filters by kind.",
     ),
-    ("GET", "/v1/providers/{name}"): ("any valid key", "The catalog entry; 404 `not_found`."),
+    ("GET", "/v1/providers/{name}"): (
+        "any valid key",
+        "The catalog entry, with `credential_fields` (the kind's defaults when the entry "
+        "declares none), `stamp` and `verify_request`; 404 `not_found`.",
+    ),
     ("PUT", "/v1/integrations/{integration_id}"): (
         "`integrations:write`",
         "201 when created, 200 when replaced: the integration (`id`, `provider`, `client_id`, "
@@ -96,7 +101,18 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         "`grants:write`",
         "Import existing tokens: 201 with the grant. With `verify` (the default) the refresh "
         "token is used once at the provider and what comes back is stored; 422 "
-        "`refresh_token_rejected` if the provider refuses it.",
+        "`refresh_token_rejected` if the provider refuses it. For the other kinds "
+        "(`api_key`, `basic`, `client_credentials`, `jwt_bearer`, `oauth1`, `github_app`) "
+        "send `credentials` instead (docs/credential-kinds.md); with `verify` they are proven "
+        "at the provider first: 422 `credentials_rejected` if refused.",
+    ),
+    ("POST", "/v1/grants/{grant_id}/credentials"): (
+        "`credentials:read`",
+        '`{"type": <auth_mode>, ...}`: `api_key` -> `api_key` and the extra fields; `basic` '
+        "-> `username`, `password`; `oauth1` -> `consumer_key`, `oauth_token`, "
+        "`oauth_token_secret`; token kinds -> the fields of `/token` (minted or refreshed "
+        "first). Never a refresh token, private key or client secret. 409 `grant_invalid`, "
+        "409 `grant_revoked`. Audited as `credentials.issued`. `Cache-Control: no-store`.",
     ),
     ("GET", "/v1/grants/{grant_id}"): ("`grants:read`", "The grant; 404 `not_found`."),
     ("DELETE", "/v1/grants/{grant_id}"): (
@@ -109,8 +125,10 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         "`credentials:read`",
         '`{"access_token", "token_type", "expires_at", "expires_in", "scopes", "grant_id"}`, '
         "valid for at least `min_ttl` seconds (at most half the token's lifetime), refreshed "
-        "first if needed. 409 `grant_invalid` (with `failure`), 409 `grant_revoked`, 503 "
-        "`provider_unavailable` with `Retry-After`. `Cache-Control: no-store`.",
+        "first if needed (minted first for `client_credentials`, `jwt_bearer` and `github_app` "
+        "grants). 409 `grant_invalid` (with `failure`), 409 `grant_revoked`, 409 "
+        "`no_access_token` for `api_key`, `basic` and `oauth1` grants (use `/credentials`), "
+        "503 `provider_unavailable` with `Retry-After`. `Cache-Control: no-store`.",
     ),
     ("POST", "/v1/grants/{grant_id}/reconnect"): (
         "`connect`",

@@ -71,6 +71,8 @@ def endpoints(spec: ProviderSpec) -> list[str]:
         ("Token", spec.token_url),
         ("Revocation", spec.revocation_url),
         ("Userinfo", spec.userinfo_url),
+        ("Request token (OAuth 1.0a)", spec.request_token_url),
+        ("Access token (OAuth 1.0a)", spec.access_token_url),
         ("API base", spec.api_base_url),
     ):
         if value:
@@ -92,8 +94,20 @@ def provider_section(spec: ProviderSpec) -> list[str]:
     lines.append(f"**{spec.display_name}**. [OAuth documentation]({spec.docs_url})")
     lines.append("")
     lines.extend(endpoints(spec))
-    details = [f"- Token endpoint authentication: `{spec.token_endpoint_auth_method}`"]
-    details.append(f"- PKCE: {'yes' if spec.pkce else 'no'}")
+    code_flow = spec.auth_mode in ("oauth2", "oidc", "mcp")
+    details = [f"- Auth mode: `{spec.auth_mode}`"]
+    if code_flow or spec.auth_mode in ("client_credentials", "oauth1"):
+        details.append(f"- Token endpoint authentication: `{spec.token_endpoint_auth_method}`")
+    if code_flow:
+        details.append(f"- PKCE: {'yes' if spec.pkce else 'no'}")
+    for field in spec.credential_fields:
+        kind = "secret" if field.secret else "not secret"
+        optional = "" if field.required else ", optional"
+        pattern = f", pattern `{field.pattern}`" if field.pattern else ""
+        details.append(f"- Credential field `{field.name}` ({field.label}; {kind}{optional}{pattern})")
+    if spec.verify_request is not None:
+        vr = spec.verify_request
+        details.append(f"- Verified by `{vr.method} {vr.path}` answering {vr.expect_status}")
     if spec.alias_of:
         details.append(f"- Preset of [{spec.alias_of}](#{spec.alias_of}) (same endpoints)")
     if spec.default_scopes:
@@ -122,13 +136,16 @@ def provider_section(spec: ProviderSpec) -> list[str]:
             f"- Account id: `{account.field}` from the {account.source.replace('_', ' ')}"
         )
     stamp = spec.stamp
-    if (stamp.location, stamp.name, stamp.format) != (
-        "header",
-        "Authorization",
-        "Bearer {access_token}",
-    ):
-        details.append(f"- Token stamped as {stamp.location} `{stamp.name}: {stamp.format}`")
-    details.append(f"- Refresh: {refresh_summary(spec)}")
+    template = stamp.template_for(spec.auth_mode)
+    if spec.auth_mode == "oauth1":
+        details.append("- Stamped as an OAuth 1.0a HMAC-SHA1 signature (`Authorization: OAuth`)")
+    elif stamp.in_ == "basic":
+        details.append(f"- Stamped as `Authorization: Basic base64({template})`")
+    elif (stamp.in_, stamp.name, template) != ("header", "Authorization", "Bearer {access_token}"):
+        where = "header" if stamp.in_ == "header" else "query parameter"
+        details.append(f"- Stamped as {where} `{stamp.name}: {template}`")
+    if code_flow:
+        details.append(f"- Refresh: {refresh_summary(spec)}")
     for setting in spec.settings:
         default = (
             f" (default `{setting.default}`)" if setting.default is not None else " (required)"

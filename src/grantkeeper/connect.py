@@ -49,7 +49,7 @@ from grantkeeper.runtime import Runtime
 from grantkeeper.store import connect as store
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
-from grantkeeper.store.records import ConnectSessionRecord
+from grantkeeper.store.records import ConnectSessionRecord, IntegrationRecord
 from grantkeeper.vault import aad_for
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "complete",
     "create_session",
     "export_tokens",
+    "load_session",
     "session_view",
     "with_query",
 ]
@@ -167,6 +168,14 @@ async def load_for_page(
     rt: Runtime, url_token: str
 ) -> tuple[ConnectSessionRecord, ResolvedIntegration]:
     """The session behind a connect URL, for the Connect page. Raises InvalidState when unusable."""
+    sess, integ = await load_session(rt, url_token)
+    return sess, await resolve(rt, integ)
+
+
+async def load_session(
+    rt: Runtime, url_token: str
+) -> tuple[ConnectSessionRecord, IntegrationRecord]:
+    """The usable session behind a connect URL and its integration (``InvalidState`` if none)."""
     if not url_token or len(url_token) > 100:
         raise InvalidState("this connect link is not valid")
     async with reading(rt.engine) as conn:
@@ -182,7 +191,7 @@ async def load_for_page(
         raise InvalidState("this connect link was already used", return_to=sess.return_to)
     if sess.expires_at <= rt.clock.now():
         raise InvalidState("this connect link has expired", return_to=sess.return_to, expired=True)
-    return sess, await resolve(rt, integ)
+    return sess, integ
 
 
 async def begin(rt: Runtime, url_token: str) -> BeginResult:

@@ -28,6 +28,7 @@ Our exception hierarchy::
     | - GrantRevoked                    grant_revoked
     | - ProxyNotConfigured              proxy_not_configured
     | - AlreadyExists                   already_exists
+    | - NoAccessToken                   no_access_token (api_key, basic, oauth1 grants)
     + InvalidInput                      invalid_input
     | - ReturnToNotAllowed              return_to_not_allowed
     | - UnsafeUrl                       unsafe_url
@@ -48,6 +49,7 @@ Our exception hierarchy::
     + ProviderError
     | - ProviderUnavailable             provider_unavailable  (transient: 5xx, 429, timeout)
     | - RefreshTokenRejected            refresh_token_rejected (invalid_grant on import)
+    | - CredentialsRejected             credentials_rejected (422: verification refused)
     | - ProviderRejected                provider_rejected
     | - UpstreamTimeout                 upstream_timeout (504: the proxied call took too long)
     | - UpstreamResponseTooLarge        upstream_response_too_large (502)
@@ -73,6 +75,7 @@ __all__ = [
     "BadRequest",
     "CatalogError",
     "CodeExchangeFailed",
+    "CredentialsRejected",
     "ConfigError",
     "Conflict",
     "ConnectError",
@@ -94,6 +97,7 @@ __all__ = [
     "IssuerMismatch",
     "MalformedJson",
     "McpDiscoveryFailed",
+    "NoAccessToken",
     "NotFound",
     "UnsupportedMediaType",
     "ProviderError",
@@ -269,6 +273,13 @@ class GrantRevoked(Conflict):
     title = "The grant was revoked"
 
 
+class NoAccessToken(Conflict):
+    """The grant's kind has no access token (api_key, basic, oauth1): use ``/credentials``."""
+
+    code = "no_access_token"
+    title = "This kind of grant has no access token; use /credentials"
+
+
 class ProxyNotConfigured(Conflict):
     code = "proxy_not_configured"
     title = "The integration has no API base URL to proxy to"
@@ -400,6 +411,14 @@ class RefreshTokenRejected(ProviderError):
     code = "refresh_token_rejected"
     status = 422
     title = "The provider rejected the refresh token"
+
+
+class CredentialsRejected(ProviderError):
+    """The provider refused the credentials when the vault proved them before saving."""
+
+    code = "credentials_rejected"
+    status = 422
+    title = "The provider rejected the credentials"
 
 
 class ProviderRejected(ProviderError):

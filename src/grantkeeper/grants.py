@@ -18,6 +18,7 @@ from grantkeeper.clock import iso
 from grantkeeper.errors import NotFound
 from grantkeeper.oauth.tokens import TokenSet
 from grantkeeper.providers import ProviderSpec
+from grantkeeper.providers.catalog import MINTING_MODES
 from grantkeeper.providers.quirks import resolve_api_base_url
 from grantkeeper.refresh.policy import due_at
 from grantkeeper.runtime import Runtime
@@ -149,7 +150,9 @@ def token_columns(
     due = due_at(
         now=now,
         expires_at=expires_at,
-        has_refresh_token=refresh_token is not None and spec.refresh.supported,
+        # minting kinds (client credentials, JWT bearer, GitHub App) mint ahead of expiry
+        has_refresh_token=(refresh_token is not None and spec.refresh.supported)
+        or spec.auth_mode in MINTING_MODES,
         margin=s.refresh_margin,
         jitter=s.refresh_jitter,
         idle_expiry=spec.refresh.idle_expiry,

@@ -29,6 +29,9 @@ __all__ = ["import_grant"]
 
 async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> GrantRecord:
     principal.require_integration(body.integration_id)
+    if body.refresh_token is None:
+        raise InvalidInput("refresh_token is required to import an authorization-code grant")
+    refresh_token = body.refresh_token
     async with reading(rt.engine) as conn:
         integ = await get_or_404(conn, principal.environment_id, body.integration_id)
     resolved = await resolve(rt, integ)
@@ -37,7 +40,7 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
     account_id = body.provider_account_id or ""
     if body.verify:
         params = apply_refresh_request(
-            spec, {"grant_type": "refresh_token", "refresh_token": body.refresh_token}
+            spec, {"grant_type": "refresh_token", "refresh_token": refresh_token}
         )
         if resolved.resource:
             params["resource"] = resolved.resource
@@ -60,7 +63,7 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
             tokens = TokenSet(
                 access_token=tokens.access_token,
                 token_type=tokens.token_type,
-                refresh_token=body.refresh_token,
+                refresh_token=refresh_token,
                 expires_in=tokens.expires_in,
                 scope=tokens.scope,
                 id_token=tokens.id_token,
@@ -80,7 +83,7 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
             # without a verified access token the grant refreshes on first use
             access_token=body.access_token or "",
             token_type="Bearer",
-            refresh_token=body.refresh_token,
+            refresh_token=refresh_token,
             expires_in=expires_in if body.access_token else None,
             scope=tuple(body.scopes) if body.scopes is not None else None,
             id_token=None,

@@ -7,9 +7,11 @@ control characters here (PostgreSQL refuses NUL bytes with a 500 otherwise).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from grantkeeper.providers.catalog import StampSpec, VerifyRequest
 
 __all__ = [
     "RESERVED_AUTHORIZATION_PARAMS",
@@ -86,8 +88,11 @@ class _In(BaseModel):
 
 
 class EndpointsInput(_In):
-    authorization_url: Url
-    token_url: Url
+    authorization_url: Url | None = None
+    token_url: Url | None = None
+    #: OAuth 1.0a (RFC 5849 2.1, 2.3)
+    request_token_url: Url | None = None
+    access_token_url: Url | None = None
     revocation_url: Url | None = None
     userinfo_url: Url | None = None
     token_endpoint_auth_method: (
@@ -97,9 +102,10 @@ class EndpointsInput(_In):
 
 class IntegrationInput(_In):
     provider: Annotated[
-        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     ]
-    #: required except for ``mcp`` integrations, which may register themselves
+    #: required for the authorization-code kinds (an ``mcp`` integration may register
+    #: itself); optional for the others
     client_id: (
         Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)] | None
     ) = None
@@ -107,7 +113,8 @@ class IntegrationInput(_In):
         Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_printable)] | None
     ) = None
     scopes: Scopes = Field(default_factory=list)
-    return_urls: Annotated[list[Url], Field(min_length=1, max_length=50)]
+    #: at least one for the code flow (checked per kind in ``put_integration``)
+    return_urls: Annotated[list[Url], Field(max_length=50)] = Field(default_factory=list)
     authorization_params: Annotated[
         dict[
             Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
@@ -139,6 +146,13 @@ class IntegrationInput(_In):
     health_probe_interval: Annotated[int, Field(ge=300, le=30 * 86_400)] | None = None
     #: end users may fetch their own access tokens from a browser (``POST /oauth/token``)
     client_access: bool = False
+    #: credential kinds: how the proxy stamps the credential (overrides the catalog's)
+    stamp: StampSpec | None = None
+    #: credential kinds: the request that proves a credential before it is saved
+    verify_request: VerifyRequest | None = None
+    #: github_app: the app's id and private key (PEM, write-only)
+    app_id: Annotated[str, Field(pattern=r"^[0-9]{1,20}$")] | None = None
+    private_key: Annotated[str, Field(min_length=1, max_length=16000)] | None = None
 
 
 class CreateConnectSession(_In):
@@ -158,9 +172,15 @@ class TokenRequest(_In):
 
 
 class ImportGrant(_In):
+    """``POST /v1/grants``: a refresh token (code kinds) or ``credentials`` (every other kind)."""
+
     integration_id: Annotated[str, Field(pattern=f"^{INTEGRATION_ID}$")]
     user_id: UserId
-    refresh_token: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_printable)]
+    refresh_token: (
+        Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_printable)] | None
+    ) = None
+    #: the kind's credential object (CONTRACT "Credential kinds"); checked by the kind
+    credentials: Annotated[dict[str, Any], Field(max_length=20)] | None = None
     access_token: (
         Annotated[str, Field(min_length=1, max_length=16000), AfterValidator(_printable)] | None
     ) = None

@@ -14,6 +14,7 @@ from grantkeeper.kinds import mcp as mcp_kind
 from grantkeeper.netguard import check_url
 from grantkeeper.oauth.tokens import ClientCredentials
 from grantkeeper.providers import ProviderSpec
+from grantkeeper.providers.catalog import CODE_MODES, stamp_problem
 from grantkeeper.returnurls import validate_return_url
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import integrations as store
@@ -25,6 +26,7 @@ from grantkeeper.vault import aad_for
 __all__ = [
     "ResolvedIntegration",
     "events_secret_aad",
+    "private_key_aad",
     "get_or_404",
     "integration_view",
     "prepare_mcp",
@@ -39,6 +41,10 @@ def secret_aad(environment_id: str, integration_id: str) -> bytes:
     return aad_for(environment_id, "integrations", integration_id, "client_secret")
 
 
+def private_key_aad(environment_id: str, integration_id: str) -> bytes:
+    return aad_for(environment_id, "integrations", integration_id, "private_key")
+
+
 def events_secret_aad(environment_id: str, integration_id: str) -> bytes:
     """The provider-events secret (Slack signing secret, GitHub webhook secret)."""
     return aad_for(environment_id, "integrations", integration_id, "provider_events_secret")
@@ -49,11 +55,13 @@ def registration_token_aad(environment_id: str, integration_id: str) -> bytes:
 
 
 def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
+    mode = rt.catalog.get(rec.provider).auth_mode if rec.provider in rt.catalog else None
     view = {
         "id": rec.id,
         "provider": rec.provider,
+        "auth_mode": mode,
         "display_name": rec.display_name,
-        "client_id": rec.client_id,
+        "client_id": rec.client_id or None,
         "client_secret_set": rec.client_secret_ct is not None,
         "scopes": list(rec.scopes),
         "return_urls": list(rec.return_urls),
@@ -67,6 +75,10 @@ def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
         "provider_events_secret_set": rec.provider_events_secret_ct is not None,
         "health_probe_interval": rec.health_probe_interval,
         "client_access": rec.client_access,
+        "stamp": rec.stamp,
+        "verify_request": rec.verify_request,
+        "app_id": rec.app_id,
+        "private_key_set": rec.private_key_ct is not None,
         "callback_url": rt.settings.callback_url,
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
@@ -189,36 +201,55 @@ async def put_integration(
     """
     spec = rt.catalog.get(body.provider)
     allow = rt.settings.allow_private_networks
+    mode = spec.auth_mode
     for url in body.return_urls:
         validate_return_url(url, allow_private=allow)
+    if mode in CODE_MODES and not body.return_urls:
+        raise InvalidInput("return_urls needs at least one URL")
     if mcp_kind.is_mcp(spec.auth_mode):
         return await _put_mcp(conn, rt, environment_id, integration_id, body, mcp_setup)
     if body.server_url is not None:
         raise InvalidInput("server_url is only for mcp integrations")
-    if not body.client_id:
-        raise InvalidInput("client_id is required for this provider")
-    if spec.auth_mode not in ("oauth2", "oidc"):
+    if mode not in _SUPPORTED_MODES:
         raise InvalidInput(
-            f"provider {spec.name!r} uses auth mode {spec.auth_mode!r}, which is not supported yet"
+            f"provider {spec.name!r} uses auth mode {mode!r}, which is not supported yet"
         )
+    code_flow = mode in ("oauth2", "oidc")
+    if code_flow or mode == "oauth1":
+        if not body.client_id:
+            raise InvalidInput(f"client_id is required for auth mode {mode!r}")
     if spec.name == "oidc" or (spec.discovery and not spec.issuer):
         if not body.issuer:
             raise InvalidInput(
                 "this provider needs an 'issuer' (OpenID discovery is used to find its endpoints)"
             )
-    if spec.name == "oauth2" and body.endpoints is None:
-        raise InvalidInput(
-            "the generic oauth2 provider needs 'endpoints' (authorization_url and token_url)"
-        )
+    _check_endpoints(spec, body)
     if body.issuer:
         check_url(body.issuer, allow_private=allow, what="issuer")
     if body.endpoints is not None:
-        for name in ("authorization_url", "token_url", "revocation_url", "userinfo_url"):
+        for name in (
+            "authorization_url",
+            "token_url",
+            "revocation_url",
+            "userinfo_url",
+            "request_token_url",
+            "access_token_url",
+        ):
             value = getattr(body.endpoints, name)
             if value:
                 check_url(value, allow_private=allow, what=name)
     if body.api_base_url:
         check_url(body.api_base_url, allow_private=allow, what="api_base_url")
+    if body.stamp is not None:
+        problem = stamp_problem(mode, spec.fields(), body.stamp)
+        if problem:
+            raise InvalidInput(f"stamp: {problem}")
+    if (body.stamp is not None or body.verify_request is not None) and code_flow:
+        if body.verify_request is not None:
+            raise InvalidInput("verify_request applies to credential kinds, not the code flow")
+    base = body.api_base_url or spec.resolve(body.settings).api_base_url
+    if body.verify_request is not None and not base:
+        raise InvalidInput("verify_request needs an api_base_url")
     spec.resolve(body.settings)  # raises InvalidProviderSettings naming the setting
 
     existing = await store.get(conn, environment_id, integration_id)
@@ -239,12 +270,33 @@ async def put_integration(
     else:
         events_secret_ct = None
     method = body.endpoints.token_endpoint_auth_method if body.endpoints else None
-    if secret_ct is None and (method or spec.token_endpoint_auth_method) != "none":
+    if (
+        secret_ct is None
+        and (code_flow or mode == "oauth1")
+        and (method or spec.token_endpoint_auth_method) != "none"
+    ):
         raise InvalidInput("client_secret is required for this provider")
+    key_ct: bytes | None = None
+    if mode == "github_app":
+        if not body.app_id:
+            raise InvalidInput("a GitHub App integration needs app_id")
+        if body.private_key is not None:
+            from grantkeeper.kinds.jwt_bearer import load_private_key
+
+            load_private_key(body.private_key)
+            key_ct = rt.vault.seal(
+                body.private_key, private_key_aad(environment_id, integration_id)
+            )
+        elif existing is not None and existing.provider == body.provider:
+            key_ct = existing.private_key_ct
+        if key_ct is None:
+            raise InvalidInput("a GitHub App integration needs private_key (PEM)")
+    elif body.private_key is not None or body.app_id is not None:
+        raise InvalidInput("app_id and private_key apply to github_app integrations only")
     values = {
         "provider": body.provider,
         "display_name": body.display_name,
-        "client_id": body.client_id,
+        "client_id": body.client_id or "",
         "client_secret_ct": secret_ct,
         "scopes": list(body.scopes),
         "return_urls": list(body.return_urls),
@@ -260,6 +312,10 @@ async def put_integration(
         "mcp": None,
         "registration_token_ct": None,
         "client_access": body.client_access,
+        "stamp": body.stamp.model_dump(by_alias=True, exclude_none=True) if body.stamp else None,
+        "verify_request": body.verify_request.model_dump() if body.verify_request else None,
+        "app_id": body.app_id,
+        "private_key_ct": key_ct,
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
     if body.health_probe_interval is None and existing is not None:
@@ -267,6 +323,40 @@ async def put_integration(
     rec = await store.get(conn, environment_id, integration_id)
     assert rec is not None
     return rec, created
+
+
+#: kinds an integration may use today (``mcp`` arrives with its own module)
+_SUPPORTED_MODES = frozenset(
+    {
+        "oauth2",
+        "oidc",
+        "api_key",
+        "basic",
+        "client_credentials",
+        "jwt_bearer",
+        "oauth1",
+        "github_app",
+    }
+)
+
+
+def _check_endpoints(spec: ProviderSpec, body: IntegrationInput) -> None:
+    """The endpoints a generic entry of each kind needs on the integration."""
+    if not spec.is_generic:
+        return
+    ep = body.endpoints
+    need: tuple[str, ...] = ()
+    if spec.name == "oauth2":
+        need = ("authorization_url", "token_url")
+    elif spec.name in ("client_credentials", "jwt_bearer"):
+        need = ("token_url",)
+    elif spec.name == "oauth1":
+        need = ("request_token_url", "authorization_url", "access_token_url")
+    missing = [n for n in need if ep is None or not getattr(ep, n)]
+    if missing:
+        raise InvalidInput(
+            f"the generic {spec.name} provider needs 'endpoints' with {', '.join(missing)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 from grantkeeper import audit, events
 from grantkeeper.apikeys import Principal
+from grantkeeper.credential_grants import is_code_kind
 from grantkeeper.errors import ProviderUnavailable
 from grantkeeper.grants import get_visible, grant_view, open_token
 from grantkeeper.integrations import resolve
+from grantkeeper.kinds import kind_for
+from grantkeeper.kinds.config import context, kind_config, open_credentials
 from grantkeeper.oauth.tokens import OAuthErrorResponse, revoke_token
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
@@ -30,6 +33,16 @@ async def _revoke_at_provider(rt: Runtime, rec: GrantRecord) -> Outcome:
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
     if integ is None:
         return "unsupported"
+    if not is_code_kind(rt, integ.provider):
+        try:
+            cfg = kind_config(rt, integ)
+            creds = open_credentials(rt.vault, rec)
+            return await kind_for(cfg.mode).revoke(
+                context(rt), cfg, creds, open_token(rt.vault, rec, "access_token")
+            )
+        except Exception:  # noqa: BLE001 - the grant is destroyed locally whatever happens
+            log.warning("grant %s: revocation at the provider failed", rec.id)
+            return "failed"
     try:
         resolved = await resolve(rt, integ)
     except Exception:  # noqa: BLE001 - discovery down or the secret unreadable: cannot revoke
@@ -92,6 +105,7 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
                 "access_token_ct": None,
                 "refresh_token_ct": None,
                 "id_token_ct": None,
+                "credentials_ct": None,
                 "version": current.version + 1,
                 "refresh_due_at": None,
                 "lease_owner": None,

@@ -54,11 +54,13 @@ const args = parseArgs(process.argv.slice(2));
 
 // ---------------------------------------------------------------- mutable test state
 
-const DEFAULT_TTL = Object.freeze({ AccessToken: 60, RefreshToken: 24 * 60 * 60, IdToken: 60 });
+const DEFAULT_TTL = Object.freeze({
+  AccessToken: 60, RefreshToken: 24 * 60 * 60, IdToken: 60, ClientCredentials: 600,
+});
 
 function freshStats() {
   return {
-    token: { authorization_code: 0, refresh_token: 0, total: 0 },
+    token: { authorization_code: 0, refresh_token: 0, client_credentials: 0, total: 0 },
     token_requests: [],
     revocation: 0,
     revocation_requests: [],
@@ -477,6 +479,8 @@ function buildProvider(issuer) {
       revocation: { enabled: true },
       userinfo: { enabled: true },
       introspection: { enabled: true },
+      // RFC 6749 4.4 (grantkeeper's client_credentials grants)
+      clientCredentials: { enabled: true },
       ...(args.resourceIndicators ? {
         resourceIndicators: {
           enabled: true,
@@ -509,6 +513,7 @@ function buildProvider(issuer) {
       AccessToken: () => state.ttl.AccessToken,
       RefreshToken: () => state.ttl.RefreshToken,
       IdToken: () => state.ttl.IdToken,
+      ClientCredentials: () => state.ttl.ClientCredentials,
       AuthorizationCode: () => 60,
       Interaction: () => 10 * 60,
       Session: () => 24 * 60 * 60,
@@ -810,8 +815,16 @@ async function apiHandler(provider, ctx) {
     ctx.body = { error: 'invalid_token', error_description: 'no bearer token' };
     return;
   }
-  const at = await provider.AccessToken.find(token);
-  const grant = at ? await provider.Grant.find(at.grantId) : undefined;
+  let at = await provider.AccessToken.find(token);
+  let grant = at ? await provider.Grant.find(at.grantId) : undefined;
+  if (!at) {
+    // a client-credentials token (no user, no grant): the client itself is the account
+    const cc = await provider.ClientCredentials.find(token);
+    if (cc) {
+      at = { accountId: `client:${cc.clientId}`, clientId: cc.clientId, scope: cc.scope };
+      grant = true;
+    }
+  }
   if (!at || !grant) {
     ctx.status = 401;
     ctx.set(

@@ -17,6 +17,7 @@ from grantkeeper.api.routes import (
     audit,
     client_metadata,
     connect,
+    credentials,
     grants,
     health,
     integrations,
@@ -87,7 +88,7 @@ def create_app(
         app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(token.router)  # first: the hot path is matched before /v1/grants/{id}
-    for module in (providers, integrations, connect, grants, webhooks, audit, health):
+    for module in (providers, integrations, connect, grants, credentials, webhooks, audit, health):
         app.include_router(module.router)
     app.include_router(access_routes.router)
     app.include_router(connect_pages.router)

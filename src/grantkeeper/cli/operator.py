@@ -469,6 +469,10 @@ def _validate(row: _Row, verify: bool, seen_tokens: dict[str, int]) -> None:
             row.error = ("invalid_row", "expires_at: must be an ISO 8601 timestamp")
             row.status = "failed"
             return
+    if body.refresh_token is None:
+        row.error = ("invalid_row", "refresh_token: required")
+        row.status = "failed"
+        return
     digest = hashlib.sha256(body.refresh_token.encode()).hexdigest()
     if digest in seen_tokens:
         # using one refresh token twice can trip a provider's reuse detection

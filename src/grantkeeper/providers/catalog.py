@@ -38,8 +38,12 @@ from grantkeeper.errors import CatalogError, InvalidProviderSettings, UnknownPro
 
 __all__ = [
     "CATEGORIES",
+    "CODE_MODES",
+    "GENERIC_NAMES",
+    "MINTING_MODES",
     "AccountIdSpec",
     "AuthMode",
+    "CredentialField",
     "Catalog",
     "ProviderSpec",
     "Quirk",
@@ -49,11 +53,31 @@ __all__ = [
     "Source",
     "StampSpec",
     "TokenAuthMethod",
+    "VerifyRequest",
     "load_catalog",
     "load_catalog_from",
+    "stamp_problem",
 ]
 
-AuthMode = Literal["oauth2", "oidc", "api_key", "basic", "oauth1", "client_credentials", "mcp"]
+AuthMode = Literal[
+    "oauth2",
+    "oidc",
+    "client_credentials",
+    "jwt_bearer",
+    "api_key",
+    "basic",
+    "oauth1",
+    "github_app",
+    "mcp",
+]
+#: the authorization-code kinds (the OAuth dance through the connect URL)
+CODE_MODES: frozenset[str] = frozenset({"oauth2", "oidc", "mcp"})
+#: kinds whose access tokens the vault mints itself (no refresh token, ever)
+MINTING_MODES: frozenset[str] = frozenset({"client_credentials", "jwt_bearer", "github_app"})
+#: entries configured wholly on the integration, one per kind (CONTRACT "Credential kinds")
+GENERIC_NAMES: frozenset[str] = frozenset(
+    {"oidc", "oauth2", "mcp", "api_key", "basic", "client_credentials", "jwt_bearer", "oauth1"}
+)
 TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 
 #: The fixed category vocabulary. Every entry's ``categories`` must come from here.
@@ -94,7 +118,8 @@ CATEGORIES: frozenset[str] = frozenset(
     }
 )
 
-NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+# underscores only for the generic entries named after their kind (``api_key``, ``oauth1`` ...)
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 SLUG_PATTERN = r"[a-z0-9][a-z0-9-]*"
 SETTING_NAME_PATTERN = r"[a-z][a-z0-9_]{0,31}"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -121,6 +146,8 @@ TEMPLATED_FIELDS: tuple[str, ...] = (
     "userinfo_url",
     "jwks_uri",
     "api_base_url",
+    "request_token_url",
+    "access_token_url",
 )
 
 
@@ -294,22 +321,158 @@ class AccountIdSpec(_Model):
     field: str = Field(default="sub", pattern=r"^[A-Za-z0-9_@$-]+(\.[A-Za-z0-9_@$-]+)*$")
 
 
+#: placeholders a stamp template of each kind may use (besides declared credential fields)
+_STAMP_VALUES: dict[str, frozenset[str]] = {
+    "oauth2": frozenset({"access_token"}),
+    "oidc": frozenset({"access_token"}),
+    "mcp": frozenset({"access_token"}),
+    "client_credentials": frozenset({"access_token"}),
+    "jwt_bearer": frozenset({"access_token"}),
+    "github_app": frozenset({"access_token"}),
+    "api_key": frozenset({"api_key"}),
+    "basic": frozenset({"username", "password"}),
+    "oauth1": frozenset(),
+}
+
+
 class StampSpec(_Model):
-    """How the proxy puts the access token on API calls."""
+    """How the proxy puts a grant's credential on API calls (CONTRACT "Credential kinds").
 
-    location: Literal["header", "query"] = "header"
-    name: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9_-]+$")
-    format: str = "Bearer {access_token}"
+    ``in``: ``header`` (``name`` = ``template`` rendered), ``query`` (parameter ``name``) or
+    ``basic`` (``Authorization: Basic base64(template)``, template default
+    ``{username}:{password}``). ``template`` holds ``{field}`` placeholders: ``access_token``
+    for token kinds, the credential fields for ``api_key`` and ``basic``. Without a template
+    the kind's default applies (``Bearer {access_token}``, ``Bearer {api_key}`` for the
+    ``Authorization`` header, else the bare value).
 
-    @field_validator("format")
+    The v1 spelling (``location``, ``format``) is still read.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    in_: Literal["header", "query", "basic"] = Field(default="header", alias="in")
+    name: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    template: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="before")
     @classmethod
-    def _has_token(cls, value: str) -> str:
-        if placeholders(value) != ["access_token"]:
-            raise ValueError("format must contain exactly one {access_token} placeholder")
+    def _v1_spelling(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("location" in data or "format" in data):
+            data = dict(data)
+            if "location" in data:
+                data["in"] = data.pop("location")
+            if "format" in data:
+                data["template"] = data.pop("format")
+        return data
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = placeholders(value)
+        if not names:
+            raise ValueError("template must contain at least one {field} placeholder")
+        for n in names:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", n):
+                raise ValueError(f"template placeholder {{{n}}} is not a field name")
         return value
 
-    def render(self, access_token: str) -> str:
-        return self.format.replace("{access_token}", access_token)
+    @property
+    def location(self) -> str:
+        return self.in_
+
+    def template_for(self, auth_mode: str) -> str:
+        if self.template is not None:
+            return self.template
+        if auth_mode == "basic" or self.in_ == "basic":
+            return "{api_key}:" if auth_mode == "api_key" else "{username}:{password}"
+        value = "{api_key}" if auth_mode == "api_key" else "{access_token}"
+        if self.in_ == "header" and self.name.lower() == "authorization":
+            return f"Bearer {value}"
+        return value
+
+    def render(self, values: str | Mapping[str, str], auth_mode: str = "oauth2") -> str:
+        """The stamped value (before base64 for ``basic``); a string means an access token."""
+        if isinstance(values, str):
+            values = {"access_token": values}
+        return fill(self.template_for(auth_mode), values)
+
+
+def stamp_problem(mode: str, fields: Sequence[CredentialField], stamp: StampSpec) -> str | None:
+    """Why ``stamp`` cannot work for a grant of ``mode`` with ``fields`` (None: it can)."""
+    allowed = set(_STAMP_VALUES.get(mode, ())) | {f.name for f in fields}
+    if stamp.template is not None:
+        unknown = [p for p in placeholders(stamp.template) if p not in allowed]
+        if unknown:
+            return f"template: unknown placeholders {unknown}; allowed: {sorted(allowed)}"
+    if stamp.in_ == "basic" and mode not in {"api_key", "basic"}:
+        return "in = 'basic' applies to api_key and basic grants only"
+    return None
+
+
+class CredentialField(_Model):
+    """One value a grant of this entry needs (the Connect form and ``credentials`` in the API)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    label: str = Field(min_length=1, max_length=100)
+    secret: bool = True
+    #: a regular expression the whole value must match
+    pattern: str | None = None
+    required: bool = True
+    description: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    def accepts(self, value: str) -> bool:
+        return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+
+
+#: the credential fields of a kind when the entry declares none
+DEFAULT_FIELDS: dict[str, tuple[CredentialField, ...]] = {
+    "api_key": (CredentialField(name="api_key", label="API key"),),
+    "basic": (
+        CredentialField(name="username", label="Username", secret=False),
+        CredentialField(name="password", label="Password"),
+    ),
+    "client_credentials": (
+        CredentialField(name="client_id", label="Client ID", secret=False, required=False),
+        CredentialField(name="client_secret", label="Client secret", required=False),
+    ),
+    "jwt_bearer": (
+        CredentialField(name="private_key", label="Private key (PEM)", required=False),
+        CredentialField(name="issuer", label="Issuer", secret=False, required=False),
+        CredentialField(name="key_id", label="Key ID", secret=False, required=False),
+        CredentialField(name="subject", label="Subject", secret=False, required=False),
+    ),
+    "oauth1": (
+        CredentialField(name="oauth_token", label="Access token", secret=False),
+        CredentialField(name="oauth_token_secret", label="Access token secret"),
+    ),
+    "github_app": (
+        CredentialField(
+            name="installation_id", label="Installation ID", secret=False, pattern=r"[0-9]{1,20}"
+        ),
+    ),
+}
+
+
+class VerifyRequest(_Model):
+    """A cheap authenticated request that proves a credential (a path under the API base URL)."""
+
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    path: str = Field(
+        pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%{}-]*(\?[A-Za-z0-9._~!$&'()*+,;=:@/%?{}-]*)?$"
+    )
+    expect_status: int = Field(default=200, ge=200, le=299)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +486,8 @@ class ResolvedEndpoints:
     jwks_uri: str | None
     issuer: str | None
     api_base_url: str | None
+    request_token_url: str | None = None
+    access_token_url: str | None = None
 
 
 class ProviderSpec(_Model):
@@ -360,6 +525,12 @@ class ProviderSpec(_Model):
     mcp_server_url: HttpsUrl | None = None
     stamp: StampSpec = StampSpec()
     provider_events: ProviderEventsSpec | None = None
+    #: the values a grant of a non-code kind needs; empty: the kind's defaults
+    credential_fields: tuple[CredentialField, ...] = ()
+    verify_request: VerifyRequest | None = None
+    #: OAuth 1.0a (RFC 5849) temporary-credential and token endpoints
+    request_token_url: str | None = None
+    access_token_url: str | None = None
     settings: tuple[Setting, ...] = ()
     hooks: dict[str, str] = Field(default_factory=dict)
     quirks: tuple[Quirk, ...] = ()
@@ -429,6 +600,7 @@ class ProviderSpec(_Model):
                     raise ValueError("authorization_url and token_url are required")
         if self.mcp_server_url is not None and self.auth_mode != "mcp":
             raise ValueError("mcp_server_url requires auth_mode 'mcp'")
+        self._check_kind()
         if self.discovery and self.auth_mode != "oidc":
             raise ValueError("discovery requires auth_mode 'oidc'")
         quirk_ids = [q.id for q in self.quirks]
@@ -441,6 +613,36 @@ class ProviderSpec(_Model):
             raise ValueError("alias_of: an entry cannot be an alias of itself")
         self._check_hooks()
         return self
+
+    def _check_kind(self) -> None:
+        mode = self.auth_mode
+        generic = self.name in GENERIC_NAMES
+        if self.is_generic and self.name != mode:
+            raise ValueError(f"the generic entry {self.name!r} must have auth_mode {self.name!r}")
+        if not generic:
+            if mode in {"client_credentials", "jwt_bearer"} and self.token_url is None:
+                raise ValueError(f"auth_mode {mode!r} needs token_url")
+            if mode == "oauth1" and not (
+                self.request_token_url and self.authorization_url and self.access_token_url
+            ):
+                raise ValueError(
+                    "auth_mode 'oauth1' needs request_token_url, authorization_url and "
+                    "access_token_url"
+                )
+        names = [f.name for f in self.credential_fields]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate credential_fields names")
+        if self.credential_fields and mode in CODE_MODES:
+            raise ValueError(f"credential_fields do not apply to auth_mode {mode!r}")
+        if mode == "api_key" and self.credential_fields and "api_key" not in names:
+            raise ValueError("an api_key entry's credential_fields must include 'api_key'")
+        problem = stamp_problem(mode, self.fields(), self.stamp)
+        if problem:
+            raise ValueError(f"stamp: {problem}")
+
+    def fields(self) -> tuple[CredentialField, ...]:
+        """The credential fields of this entry (declared, else the kind's defaults)."""
+        return self.credential_fields or DEFAULT_FIELDS.get(self.auth_mode, ())
 
     def _check_hooks(self) -> None:
         from grantkeeper.providers import quirks  # local: quirks imports nothing from here
@@ -500,6 +702,8 @@ class ProviderSpec(_Model):
             jwks_uri=one(self.jwks_uri),
             issuer=one(self.issuer),
             api_base_url=one(self.api_base_url),
+            request_token_url=one(self.request_token_url),
+            access_token_url=one(self.access_token_url),
         )
 
     def requested_scopes(self) -> list[str]:
@@ -529,8 +733,8 @@ class ProviderSpec(_Model):
 
     @property
     def is_generic(self) -> bool:
-        """True for the two entries configured wholly by the integration (``oidc``, ``oauth2``)."""
-        return self.name in {"oidc", "oauth2", "mcp"}
+        """True for the entries configured wholly by the integration (one per kind)."""
+        return self.name in GENERIC_NAMES
 
 
 class Catalog:
@@ -563,13 +767,17 @@ class Catalog:
     def all(self) -> list[ProviderSpec]:
         return list(self._specs.values())
 
-    def search(self, q: str | None = None, category: str | None = None) -> list[ProviderSpec]:
-        """Entries whose name or display name contains ``q`` (case-insensitive), in ``category``."""
+    def search(
+        self, q: str | None = None, category: str | None = None, auth_mode: str | None = None
+    ) -> list[ProviderSpec]:
+        """Entries whose name or display name contains ``q`` (case-insensitive), in ``category``,
+        of ``auth_mode``."""
         needle = (q or "").strip().casefold()
         return [
             spec
             for spec in self._specs.values()
             if (category is None or category in spec.categories)
+            and (auth_mode is None or spec.auth_mode == auth_mode)
             and (
                 not needle
                 or needle in spec.name.casefold()

@@ -38,6 +38,7 @@ from grantkeeper.errors import (
     RequestTooLarge,
     UpstreamTimeout,
 )
+from grantkeeper.kinds.base import Stamp, render_stamp
 from grantkeeper.providers.catalog import StampSpec
 
 __all__ = [
@@ -93,38 +94,48 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
 
 
 def request_headers(
-    incoming: Iterable[tuple[bytes, bytes]], stamp: StampSpec, access_token: str
+    incoming: Iterable[tuple[bytes, bytes]],
+    stamp: StampSpec | Stamp,
+    access_token: str | None = None,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream: the caller's, filtered, plus the stamped token."""
+    """The headers sent upstream: the caller's, filtered, plus the stamped credential.
+
+    ``stamp`` is a kind's ``Stamp`` or (for an access token) the entry's ``StampSpec``.
+    """
+    if isinstance(stamp, StampSpec):
+        stamp = render_stamp(stamp, "oauth2", {"access_token": access_token or ""})
     pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in incoming]
     named = _connection_tokens(v for k, v in pairs if k == "connection")
-    stamp_name = stamp.name.lower() if stamp.location == "header" else None
+    stamped = {n.lower() for n in stamp.headers}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in pairs:
         if (
             name in _REQUEST_DROP
             or name in named
             or name.startswith(_REQUEST_DROP_PREFIXES)
-            or name == stamp_name
+            or name in stamped
         ):
             continue
         out.add(name, value)
     if "accept-encoding" not in out:
         # bodies are relayed as they come: ask for nothing the caller cannot decode
         out["accept-encoding"] = "identity"
-    if stamp.location == "header":
-        out[stamp.name] = stamp.render(access_token)
+    for name, value in stamp.headers.items():
+        out[name] = value
     return out
 
 
 def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], access_token: str
+    raw: Iterable[tuple[bytes, bytes]], access_token: str | Iterable[str]
 ) -> list[tuple[bytes, bytes]]:
     """The provider's response headers for the caller: end-to-end ones only, no cookies,
-    and nothing that reveals the access token."""
+    and nothing that reveals the access token (or any stamped secret)."""
     pairs = [(k.lower(), v) for k, v in raw]
     named = _connection_tokens(v.decode("latin-1") for k, v in pairs if k == b"connection")
-    secrets = {access_token.encode(), quote(access_token, safe="").encode()}
+    values = [access_token] if isinstance(access_token, str) else list(access_token)
+    secrets = {
+        form for v in values if len(v) >= 4 for form in (v.encode(), quote(v, safe="").encode())
+    }
     out: list[tuple[bytes, bytes]] = []
     for name, value in pairs:
         text = name.decode("latin-1")

@@ -31,6 +31,7 @@ from yarl import URL
 from grantkeeper import audit, ratelimit
 from grantkeeper.api.deps import bearer
 from grantkeeper.apikeys import Principal, authenticate
+from grantkeeper.credential_grants import is_code_kind, mints, stamp_for
 from grantkeeper.errors import (
     GrantkeeperError,
     InvalidProxyPath,
@@ -41,6 +42,8 @@ from grantkeeper.errors import (
     UpstreamResponseTooLarge,
 )
 from grantkeeper.grants import get_visible, open_token
+from grantkeeper.kinds import KindConfig, Stamp, kind_for, render_stamp
+from grantkeeper.kinds.config import kind_config
 from grantkeeper.netguard import check_url
 from grantkeeper.providers.catalog import StampSpec
 from grantkeeper.proxy.forward import (
@@ -52,7 +55,7 @@ from grantkeeper.proxy.forward import (
     response_headers,
 )
 from grantkeeper.proxy.paths import join_url, normalise_path, normalise_query, with_query_param
-from grantkeeper.refresh.engine import ensure_fresh
+from grantkeeper.refresh.engine import ensure_fresh, raise_for_status
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store.db import reading
@@ -107,10 +110,13 @@ class _Upstream:
         #: an empty path is the base URL itself, not base + "/" (an MCP server_url)
         self.exact_root = exact_root
 
-    def url(self, access_token: str) -> URL:
+    def url(self, credential: str | Stamp | None = None) -> URL:
+        """The upstream URL; an access token (``str``) or a kind's ``Stamp`` adds its query."""
         query = self.query
-        if self.stamp.location == "query":
-            query = with_query_param(query, self.stamp.name, access_token)
+        if isinstance(credential, Stamp):
+            query = credential.apply_query(query)
+        elif credential is not None and self.stamp.location == "query":
+            query = with_query_param(query, self.stamp.name, credential)
         if self.exact_root and not self.path:
             joined = str(self.base.with_query(None).with_fragment(None))
             base_query = self.base.raw_query_string
@@ -160,7 +166,7 @@ async def _record(
 
 
 def _may_force_refresh(rt: Runtime, rec: GrantRecord) -> bool:
-    if rec.refresh_token_ct is None:
+    if rec.refresh_token_ct is None and not mints(rt, rec):
         return False
     last = rec.last_refreshed_at
     return last is None or rt.clock.now() - last >= rt.settings.refresh_min_interval
@@ -192,10 +198,13 @@ async def proxy(request: Request, grant_id: str, path: str) -> Response:
         query = normalise_query(raw_query)
         spec = rt.catalog.get(integ.provider)
         base = rec.api_base_url or integ.api_base_url or spec.resolve(integ.settings).api_base_url
+        stamp = StampSpec.model_validate(integ.stamp) if integ.stamp else spec.stamp
         upstream = _Upstream(
-            _base_url(rt, base), rel, query, spec.stamp, exact_root=integ.mcp is not None
+            _base_url(rt, base), rel, query, stamp, exact_root=integ.mcp is not None
         )
-        response = await _forward(rt, request, principal, rec, upstream, f"/{rel}")
+        # credential kinds stamp through their kind; the code flow keeps its lean path
+        cfg = None if is_code_kind(rt, integ.provider) else kind_config(rt, integ)
+        response = await _forward(rt, request, principal, rec, upstream, f"/{rel}", cfg)
     except GrantkeeperError as exc:
         await _record(
             rt,
@@ -217,21 +226,34 @@ async def _forward(
     rec: GrantRecord,
     upstream: _Upstream,
     audit_path: str,
+    cfg: KindConfig | None = None,
 ) -> Response:
     s = rt.settings
     method = request.method
-    rec = await ensure_fresh(rt, rec, min_ttl=_MIN_TTL, force=False)
-    token = open_token(rt.vault, rec, "access_token")
-    if token is None:
-        raise ProviderUnavailable("no access token is available for this grant")
-    url = upstream.url(token)
+    token: str | None = None
+    if cfg is None or kind_for(cfg.mode).has_access_token:
+        rec = await ensure_fresh(rt, rec, min_ttl=_MIN_TTL, force=False)
+        token = open_token(rt.vault, rec, "access_token")
+        if token is None:
+            raise ProviderUnavailable("no access token is available for this grant")
+    else:
+        raise_for_status(rec)
     body: RequestBody = await read_request_body(request, max_bytes=s.proxy_max_request_bytes)
 
-    async def send(access_token: str, target: URL) -> aiohttp.ClientResponse:
-        headers = request_headers(request.headers.raw, upstream.stamp, access_token)
+    def stamp_of(access_token: str | None, grant: GrantRecord) -> Stamp:
+        if cfg is None:
+            return render_stamp(upstream.stamp, "oauth2", {"access_token": access_token or ""})
+        # signing kinds (OAuth 1.0a) sign the exact upstream URL, query stamps excluded
+        return stamp_for(rt, grant, cfg, access_token, method=method, url=str(upstream.url(None)))
+
+    stamp = stamp_of(token, rec)
+    url = upstream.url(stamp)
+
+    async def send(current: Stamp, target: URL) -> aiohttp.ClientResponse:
+        headers = request_headers(request.headers.raw, current)
         return await open_upstream(rt.http, method, target, headers, body, timeout=s.proxy_timeout)
 
-    resp = await send(token, url)
+    resp = await send(stamp, url)
     retried = False
     if resp.status == 401 and _may_force_refresh(rt, rec):
         try:
@@ -243,7 +265,8 @@ async def _forward(
         if fresh.version != rec.version and new_token is not None and body.replayable:
             resp.close()
             rec, token = fresh, new_token
-            resp = await send(token, upstream.url(token))
+            stamp = stamp_of(token, rec)
+            resp = await send(stamp, upstream.url(stamp))
             retried = True
     status: int = resp.status
     has_body = method != "HEAD" and status not in (204, 304) and status >= 200
@@ -253,7 +276,7 @@ async def _forward(
         raise UpstreamResponseTooLarge(
             f"the response has {length} bytes; the limit is {s.proxy_max_response_bytes}"
         )
-    headers = response_headers(resp.raw_headers, token)
+    headers = response_headers(resp.raw_headers, [*stamp.secrets, *([token] if token else [])])
     try:
         extra = {"retried": True} if retried else {}
         await _record(

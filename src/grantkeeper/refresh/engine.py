@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from grantkeeper import audit, events
 from grantkeeper.clock import iso
+from grantkeeper.credential_grants import mint_tokens
 from grantkeeper.errors import (
     GrantInvalid,
     GrantRevoked,
@@ -47,6 +48,7 @@ from grantkeeper.errors import (
 from grantkeeper.grants import grant_view, open_token, token_columns
 from grantkeeper.integrations import resolve
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
+from grantkeeper.providers.catalog import MINTING_MODES
 from grantkeeper.providers.quirks import apply_refresh_request, apply_token_response
 from grantkeeper.refresh.policy import backoff, effective_min_ttl
 from grantkeeper.runtime import Runtime
@@ -86,6 +88,11 @@ def raise_for_status(rec: GrantRecord) -> None:
         )
 
 
+def _mints(rt: Runtime, rec: GrantRecord) -> bool:
+    """Kinds whose tokens the vault mints (client credentials, JWT bearer, GitHub App)."""
+    return rec.provider in rt.catalog and rt.catalog.get(rec.provider).auth_mode in MINTING_MODES
+
+
 def _usable(rec: GrantRecord, now: float, min_ttl: float) -> bool:
     if rec.access_token_ct is None:
         return False
@@ -123,7 +130,7 @@ async def ensure_fresh(
     )
     if not force and _usable(rec, now, ttl):
         return rec
-    if rec.refresh_token_ct is None:
+    if rec.refresh_token_ct is None and not _mints(rt, rec):
         if rec.access_token_ct is not None and (
             rec.access_token_expires_at is None or rec.access_token_expires_at > now
         ):
@@ -262,26 +269,33 @@ async def _refresh_at_provider(
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
     if integ is None:
         raise NotFound("the grant's integration no longer exists")
-    resolved = await resolve(rt, integ)
-    spec = resolved.spec
-    refresh_token = open_token(rt.vault, rec, "refresh_token")
-    assert refresh_token is not None
-    params = apply_refresh_request(
-        spec, {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    )
-    if resolved.resource:
-        params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
+    spec = rt.catalog.get(integ.provider)
+    refresh_token: str | None = None
+    if spec.auth_mode not in MINTING_MODES:
+        resolved = await resolve(rt, integ)
+        refresh_token = open_token(rt.vault, rec, "refresh_token")
+        assert refresh_token is not None
+        params = apply_refresh_request(
+            spec, {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
+        if resolved.resource:
+            params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
     started = time.monotonic()
     metrics = rt.metrics
     try:
-        tokens = await token_request(
-            rt.http,
-            resolved.token_url,
-            resolved.client,
-            params,
-            timeout=s.http_timeout,
-            normalise=lambda body: apply_token_response(spec, body),
-        )
+        if spec.auth_mode in MINTING_MODES:
+            # the kind mints a new token (client credentials, JWT assertion, app JWT) under
+            # the same lease and fencing as a refresh; it never yields a refresh token
+            tokens = await mint_tokens(rt, rec)
+        else:
+            tokens = await token_request(
+                rt.http,
+                resolved.token_url,
+                resolved.client,
+                params,
+                timeout=s.http_timeout,
+                normalise=lambda body: apply_token_response(spec, body),
+            )
     except ProviderUnavailable as exc:
         metrics.refreshes.labels(spec.name, "transient", trigger).inc()
         await _record_transient(rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after)
@@ -304,7 +318,7 @@ async def _persist(
     rec: GrantRecord,
     owner: str,
     tokens: TokenSet,
-    old_refresh_token: str,
+    old_refresh_token: str | None,
     trigger: str,
 ) -> GrantRecord:
     """Commit the new generation before anything else; retry the write from memory."""

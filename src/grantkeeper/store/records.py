@@ -46,6 +46,10 @@ class IntegrationRecord:
     mcp: dict[str, Any] | None = None
     registration_token_ct: bytes | None = None
     client_access: bool = False
+    stamp: dict[str, Any] | None = None
+    verify_request: dict[str, Any] | None = None
+    app_id: str | None = None
+    private_key_ct: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class GrantRecord:
     expiry_warn_at: float | None = None
     expiry_warned_for: float | None = None
     probe_due_at: float | None = None
+    credentials_ct: bytes | None = None
 
     @property
     def has_refresh_token(self) -> bool:

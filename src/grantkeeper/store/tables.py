@@ -116,6 +116,11 @@ integrations = Table(
     Column("registration_token_ct", LargeBinary, nullable=True),
     # end users may fetch their own access tokens from a browser (RFC 8693 exchange)
     Column("client_access", Boolean, nullable=False, server_default=false()),
+    # credential kinds: how the proxy stamps, how a credential is proven, a GitHub App's key
+    Column("stamp", JSON, nullable=True),
+    Column("verify_request", JSON, nullable=True),
+    Column("app_id", String(64), nullable=True),
+    Column("private_key_ct", LargeBinary, nullable=True),
     PrimaryKeyConstraint("environment_id", "id"),
 )
 
@@ -161,6 +166,9 @@ grants = Table(
     Column("expiry_warn_at", Double, nullable=True),
     Column("expiry_warned_for", Double, nullable=True),
     Column("probe_due_at", Double, nullable=True),
+    # non-code kinds: the kind's secret material (API key, password, client secret, private
+    # key, OAuth 1.0a token secret ...) as one sealed JSON object
+    Column("credentials_ct", LargeBinary, nullable=True),
     UniqueConstraint("environment_id", "integration_id", "user_id", "provider_account_id"),
     Index("ix_grants_due", "status", "refresh_due_at"),
     Index("ix_grants_env_created", "environment_id", "created_at"),

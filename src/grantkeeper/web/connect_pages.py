@@ -12,8 +12,15 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from grantkeeper import connect
-from grantkeeper.errors import ConnectError, GrantkeeperError, InvalidState
+from grantkeeper import connect, credential_connect
+from grantkeeper.errors import (
+    ConnectError,
+    CredentialsRejected,
+    GrantkeeperError,
+    InvalidInput,
+    InvalidState,
+    ProviderUnavailable,
+)
 from grantkeeper.runtime import Runtime
 from grantkeeper.web.pages import PAGE_HEADERS, Templates
 
@@ -54,10 +61,77 @@ def _error_page(exc: GrantkeeperError, *, back_url: str | None = None) -> Respon
     )
 
 
+def _form_page(
+    form: credential_connect.CredentialForm,
+    url_token: str,
+    *,
+    values: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    # secrets are never sent back: only non-secret fields keep what the user typed
+    kept = {f.name: (values or {}).get(f.name, "") for f in form.fields if not f.secret}
+    return _templates.render(
+        "credentials_form.html",
+        status=status,
+        provider_name=form.provider_name,
+        app_name=form.app_name,
+        fields=form.fields,
+        values=kept,
+        error=error,
+        action=f"/connect/{url_token}",
+        cancel_url=form.cancel_url,
+        docs_url=form.docs_url,
+    )
+
+
+@router.post("/connect/{url_token}")
+async def connect_form_submit(request: Request, url_token: str) -> Response:
+    """The Connect form of ``api_key`` and ``basic`` integrations, posted back."""
+    rt = _rt(request)
+    try:
+        form = await credential_connect.form_for(rt, url_token)
+        if form is None:
+            raise InvalidState("this connect link does not take a form")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise InvalidState("the form must be posted as application/x-www-form-urlencoded")
+        data = await request.form(max_files=0, max_fields=50)
+        values = {k: v for k, v in data.items() if isinstance(v, str)}
+    except InvalidState as exc:
+        back = exc.extra.get("return_to")
+        return _error_page(exc, back_url=back if isinstance(back, str) else None)
+    except GrantkeeperError as exc:
+        log.warning("connect form failed: %s", exc.code)
+        return _error_page(exc)
+    try:
+        target = await credential_connect.submit(rt, form, values)
+    except (InvalidInput, CredentialsRejected) as exc:
+        return _form_page(form, url_token, values=values, error=exc.detail, status=422)
+    except ProviderUnavailable:
+        return _form_page(
+            form,
+            url_token,
+            values=values,
+            error=f"{form.provider_name} did not answer; please try again in a moment.",
+            status=503,
+        )
+    except InvalidState as exc:
+        back = exc.extra.get("return_to")
+        return _error_page(exc, back_url=back if isinstance(back, str) else None)
+    except GrantkeeperError as exc:
+        log.warning("connect form failed: %s", exc.code)
+        return _error_page(exc)
+    return RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
+
+
 @router.get("/connect/{url_token}")
 async def connect_page(request: Request, url_token: str) -> Response:
     rt = _rt(request)
     try:
+        form = await credential_connect.form_for(rt, url_token)
+        if form is not None:
+            return _form_page(form, url_token)
         sess, resolved = await connect.load_for_page(rt, url_token)
         integ = resolved.record
         if integ.connect_page and request.query_params.get("continue") != "1":

@@ -8,7 +8,8 @@ from provider_fakes import CLIENT_ID, REDIRECT_URI, authorization_query
 from grantkeeper.providers import ProviderSpec, load_catalog
 
 CATALOG = load_catalog()
-BUILDABLE = [s for s in CATALOG.all() if s.authorization_url is not None]
+CODE_FLOW = [s for s in CATALOG.all() if s.auth_mode in ("oauth2", "oidc")]
+BUILDABLE = [s for s in CODE_FLOW if s.authorization_url is not None]
 
 
 def sample_settings(spec: ProviderSpec) -> dict[str, str]:
@@ -16,8 +17,7 @@ def sample_settings(spec: ProviderSpec) -> dict[str, str]:
 
 
 def test_every_provider_but_the_generic_ones_has_an_authorization_url() -> None:
-    # mcp entries find their endpoints by discovery from the server URL
-    missing = {s.name for s in CATALOG.all() if s.auth_mode != "mcp"} - {s.name for s in BUILDABLE}
+    missing = {s.name for s in CODE_FLOW} - {s.name for s in BUILDABLE}
     assert missing == {"oidc", "oauth2"}
 
 

@@ -5,10 +5,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from grantkeeper.api.deps import PrincipalDep, RuntimeDep
+from grantkeeper.apikeys import Principal
+from grantkeeper.credential_grants import create_credential_grant, is_code_kind
+from grantkeeper.errors import InvalidInput
 from grantkeeper.grants import get_visible, grant_view
 from grantkeeper.imports import import_grant
 from grantkeeper.inputs import INTEGRATION_ID, ImportGrant
+from grantkeeper.integrations import get_or_404
 from grantkeeper.revocation import delete_grant
+from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
 from grantkeeper.store.db import reading
 
@@ -54,7 +59,20 @@ async def create_grant(
     rt: RuntimeDep, principal: PrincipalDep, body: ImportGrant
 ) -> dict[str, Any]:
     principal.require("grants:write")
+    if body.credentials is not None or not is_code_kind(
+        rt, await _provider_of(rt, principal, body)
+    ):
+        return grant_view(await create_credential_grant(rt, principal, body))
+    if body.refresh_token is None:
+        raise InvalidInput("refresh_token is required to import an authorization-code grant")
     return grant_view(await import_grant(rt, principal, body))
+
+
+async def _provider_of(rt: Runtime, principal: Principal, body: ImportGrant) -> str:
+    principal.require_integration(body.integration_id)
+    async with reading(rt.engine) as conn:
+        integ = await get_or_404(conn, principal.environment_id, body.integration_id)
+    return integ.provider
 
 
 @router.get("/{grant_id}")

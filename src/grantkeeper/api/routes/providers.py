@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from grantkeeper.api.deps import PrincipalDep, RuntimeDep
 from grantkeeper.providers import ProviderSpec
+from grantkeeper.providers.catalog import AuthMode
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
 
@@ -21,7 +22,9 @@ def summary(spec: ProviderSpec) -> dict[str, Any]:
 
 
 def detail(spec: ProviderSpec) -> dict[str, Any]:
-    data = spec.model_dump(mode="json")
+    data = spec.model_dump(mode="json", by_alias=True)
+    # the fields a grant needs, defaults included, so a form can be drawn from the entry
+    data["credential_fields"] = [f.model_dump(mode="json") for f in spec.fields()]
     return {**summary(spec), **data}
 
 
@@ -31,8 +34,9 @@ async def list_providers(
     _: PrincipalDep,
     category: str | None = Query(default=None, max_length=40),
     q: str | None = Query(default=None, max_length=100),
+    auth_mode: AuthMode | None = None,
 ) -> dict[str, Any]:
-    return {"data": [summary(s) for s in rt.catalog.search(q, category)]}
+    return {"data": [summary(s) for s in rt.catalog.search(q, category, auth_mode)]}
 
 
 @router.get("/{name}")

@@ -25,15 +25,17 @@ from starlette.types import Receive, Scope, Send
 from grantkeeper import audit, ratelimit
 from grantkeeper.api.deps import bearer, parse_bearer
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
+from grantkeeper.credential_grants import has_access_token
 from grantkeeper.errors import (
     InvalidInput,
     MalformedJson,
+    NoAccessToken,
     NotFound,
     Unauthenticated,
     UnsupportedMediaType,
 )
 from grantkeeper.grants import is_grant_id
-from grantkeeper.refresh.engine import ensure_fresh, issued
+from grantkeeper.refresh.engine import ensure_fresh, issued, raise_for_status
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
 from grantkeeper.store.db import reading
@@ -132,6 +134,12 @@ async def _serve(
     principal.require("credentials:read")
     if rec is None or not principal.may_use_integration(rec.integration_id):
         raise NotFound("no such grant")
+    if not has_access_token(rt, rec):
+        raise_for_status(rec)
+        raise NoAccessToken(
+            "this grant holds credentials, not an access token: use POST "
+            f"/v1/grants/{rec.id}/credentials"
+        )
     rec = await ensure_fresh(rt, rec, min_ttl=min_ttl, force=force)
     token = issued(rt, rec)
     now = rt.clock.now()
