@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     master_keys: SecretStr | None = None
     #: where the development key file lives when master_keys is unset (SQLite only);
-    #: default: beside the SQLite database, ``<db>.keys``
+    #: default: beside the SQLite database, ``<db>.key`` (``*.key`` is in every .gitignore)
     key_file: Path | None = None
     allow_private_networks: bool = False
     #: the PKCS#11 module (shared library) of the HSM holding ``pkcs11:`` root keys
@@ -250,4 +250,10 @@ class Settings(BaseSettings):
         if self.key_file is not None:
             return self.key_file
         db = self.sqlite_path()
-        return db.with_name(db.name + ".keys") if db is not None else None
+        # ends in ".key" whatever the database is called, so the usual ignore rule catches it
+        return db.with_name(db.name + ".key") if db is not None else None
+
+    def legacy_key_file(self) -> Path | None:
+        """Where earlier versions put the development key file (``<db>.keys``)."""
+        db = self.sqlite_path()
+        return db.with_name(db.name + ".keys") if db is not None and self.key_file is None else None

@@ -50,3 +50,5 @@ def configure_logging(settings: Settings) -> None:
         "asyncpg",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "Context impl SQLiteImpl." on every CLI command tells an operator nothing
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -16,6 +16,7 @@ from grantkeeper.kinds import kind_for
 from grantkeeper.kinds.config import context, kind_config, open_credentials
 from grantkeeper.oauth.tokens import OAuthErrorResponse, revoke_token
 from grantkeeper.runtime import Runtime
+from grantkeeper.store import audit as audit_store
 from grantkeeper.store import grants as store
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store.db import reading
@@ -26,6 +27,7 @@ __all__ = ["delete_grant"]
 log = logging.getLogger(__name__)
 
 Outcome = Literal["succeeded", "failed", "unsupported"]
+_OUTCOMES = ("succeeded", "failed", "unsupported")
 
 
 async def _revoke_at_provider(rt: Runtime, rec: GrantRecord) -> Outcome:
@@ -89,7 +91,16 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
     async with reading(rt.engine) as conn:
         rec = await get_visible(conn, principal.environment_id, grant_id, principal.integration_ids)
     if rec.status == "revoked":
-        return {"id": rec.id, "status": "revoked", "provider_revocation": "unsupported"}
+        # nothing is sent again; the answer tells what happened the first time
+        async with reading(rt.engine) as conn:
+            first = await audit_store.last_detail(conn, rec.environment_id, rec.id, "grant.deleted")
+        earlier = (first or {}).get("provider_revocation")
+        return {
+            "id": rec.id,
+            "status": "revoked",
+            "provider_revocation": earlier if earlier in _OUTCOMES else "unsupported",
+            "already_revoked": True,
+        }
     outcome = await _revoke_at_provider(rt, rec)
     now = rt.clock.now()
     async with rt.engine.begin() as conn:
@@ -133,4 +144,9 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
             integration_id=rec.integration_id,
             provider_revocation=outcome,
         )
-    return {"id": rec.id, "status": "revoked", "provider_revocation": outcome}
+    return {
+        "id": rec.id,
+        "status": "revoked",
+        "provider_revocation": outcome,
+        "already_revoked": False,
+    }

@@ -145,7 +145,7 @@ def test_list_show_refresh_revoke_never_print_tokens(gk: Server, oidc: OidcServe
 
     # revoke: at the provider, then the grant stays readable as revoked
     revoked = cli_json(gk, "grants", "revoke", gid, "--yes")
-    assert revoked == {"id": gid, "status": "revoked", "provider_revocation": "succeeded"}
+    assert revoked == {"id": gid, "status": "revoked", "provider_revocation": "succeeded", "already_revoked": False}
     with gk.client() as c:
         assert c.get(f"/v1/grants/{gid}").json()["status"] == "revoked"
         assert c.post(f"/v1/grants/{gid}/token").json()["code"] == "grant_revoked"

@@ -234,7 +234,7 @@ def test_delete_revokes_at_provider(gk: Server, oidc: OidcServer) -> None:
         before = oidc.stats()["revocation"]
         r = c.delete(f"/v1/grants/{gid}")
         assert r.status_code == 200, r.text
-        assert r.json() == {"id": gid, "status": "revoked", "provider_revocation": "succeeded"}
+        assert r.json() == {"id": gid, "status": "revoked", "provider_revocation": "succeeded", "already_revoked": False}
         stats = oidc.stats()
         assert stats["revocation"] == before + 1
         assert stats["revocation_requests"][-1]["token_type_hint"] == "refresh_token"

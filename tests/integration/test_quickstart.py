@@ -136,7 +136,7 @@ def test_quickstart_as_written(quickstart_server: tuple[str, dict[str, str], sub
     assert set(docs) >= {"serve", "api-key", "integration", "connect", "token", "proxy", "sdk"}
 
     # 1. the server made the database and the key file where the document says, and printed a key
-    assert (cwd / "grantkeeper.db").exists() and (cwd / "grantkeeper.db.keys").exists()
+    assert (cwd / "grantkeeper.db").exists() and (cwd / "grantkeeper.db.key").exists()
     m = re.search(r"GRANTKEEPER_ADMIN_KEY=(\S+)", (cwd / "serve.out").read_text())
     assert m is not None
     shell = {**env, "GRANTKEEPER_ADMIN_KEY": m.group(1)}

@@ -366,7 +366,7 @@ def test_lost_development_key_file_makes_readyz_fail(tmp_path: Path) -> None:
         assert "DEVELOPMENT key file" in s.log_text()
         populate(s)
         s.stop()
-        key_file = Path(db.url.partition(":///")[2] + ".keys")
+        key_file = Path(db.url.partition(":///")[2] + ".key")
         assert key_file.exists()
         # restarting with the file keeps working
         s = start_server(env, port, tmp_path / "b.log", db, worker=False, admin_key=s.admin_key)

@@ -147,7 +147,7 @@ def test_sqlite_dev_key_file_created_once_with_mode_0600(tmp_path: Path, caplog:
     db = tmp_path / "data" / "gk.db"
     s = Settings(database_url=f"sqlite+aiosqlite:///{db}")
     key_file = s.resolved_key_file()
-    assert key_file == db.with_name("gk.db.keys")
+    assert key_file == db.with_name("gk.db.key")
     with caplog.at_level(logging.WARNING):
         ring = load_keyring(s)
     assert "DEVELOPMENT key file" in caplog.text
@@ -181,7 +181,7 @@ def test_master_keys_take_precedence_over_key_file(tmp_path: Path) -> None:
         master_keys=f"env1:{b64(32)}",  # type: ignore[arg-type]
     )
     assert load_keyring(s).ids == ("env1",)
-    assert not (tmp_path / "gk.db.keys").exists()
+    assert not (tmp_path / "gk.db.key").exists()
 
 
 def test_keyring_repr_hides_material() -> None:

@@ -29,7 +29,7 @@ from grantkeeper.api.routes import (
 from grantkeeper.config import Settings
 from grantkeeper.proxy import routes as proxy_routes
 from grantkeeper.runtime import Runtime, open_runtime
-from grantkeeper.web import admin, connect_pages
+from grantkeeper.web import admin, connect_pages, root
 from grantkeeper.web.pages import STATIC_DIR
 
 __all__ = ["create_app"]
@@ -96,6 +96,7 @@ def create_app(
     app.include_router(client_metadata.router)
     app.include_router(proxy_routes.router)
     app.include_router(admin.router)
+    app.include_router(root.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
     app.add_middleware(EndUserCors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,10 +17,22 @@ from grantkeeper.config import Settings
 from grantkeeper.errors import GrantkeeperError
 from grantkeeper.logs import configure_logging
 
-__all__ = ["console", "err_console", "fail", "load_settings", "print_json", "run"]
+__all__ = [
+    "console",
+    "err_console",
+    "fail",
+    "load_settings",
+    "note_new_database",
+    "print_json",
+    "require_database",
+    "run",
+]
 
 T = TypeVar("T")
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # piped into grep, awk or a file: table rows stay whole instead of being cut at 80 columns
+    console.width = 100_000
 err_console = Console(stderr=True)
 
 
@@ -48,6 +61,26 @@ def load_settings() -> Settings:
         raise
     configure_logging(settings)
     return settings
+
+
+def require_database(settings: Settings) -> None:
+    """Commands that only read refuse a SQLite file that is not there (run from the wrong
+    directory, they would otherwise create an empty database and show nothing)."""
+    path = settings.sqlite_path()
+    if path is not None and not path.exists():
+        fail(f"no database at {path.resolve()}; set GRANTKEEPER_DATABASE_URL", code=1)
+
+
+def note_new_database(settings: Settings) -> None:
+    """Commands that write may create the database (they work before the first start); say so."""
+    path = settings.sqlite_path()
+    if path is not None and not path.exists():
+        err_console.print(
+            f"note: no database at {path.resolve()} yet: creating it "
+            "(set GRANTKEEPER_DATABASE_URL to use another)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

@@ -11,9 +11,19 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from grantkeeper import audit
 from grantkeeper.apikeys import SCOPES, create_key
 from grantkeeper.bootstrap import ensure_environment, initialize
-from grantkeeper.cli._common import console, err_console, fail, load_settings, print_json, run
+from grantkeeper.cli._common import (
+    console,
+    err_console,
+    fail,
+    load_settings,
+    note_new_database,
+    print_json,
+    require_database,
+    run,
+)
 from grantkeeper.clock import SystemClock, iso
 from grantkeeper.store import environments as env_store
 from grantkeeper.store import keys as key_store
@@ -33,10 +43,32 @@ api_keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 environments_app = typer.Typer(no_args_is_help=True, help="Manage environments.")
 keys_app = typer.Typer(no_args_is_help=True, help="Key-encryption keys: generate, rotate.")
 providers_app = typer.Typer(no_args_is_help=True, help="The provider catalog.")
+#: who the audit trail names for changes made on the command line (as the operator commands)
+CLI_ACTOR = "key:cli"
 app.add_typer(api_keys, name="api-keys")
 app.add_typer(environments_app, name="environments")
 app.add_typer(keys_app, name="keys")
 app.add_typer(providers_app, name="providers")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"grantkeeper {version('grantkeeper')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """grantkeeper: OAuth token vault and credential broker."""
 
 
 def _announce_admin_key(key: str) -> None:
@@ -57,11 +89,11 @@ def serve(
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the API only.")] = False,
 ) -> None:
     """Run the HTTP API, the web UI and (unless --no-worker) the background worker."""
-    import uvicorn
-
     from grantkeeper.api.app import create_app
+    from grantkeeper.cli.listen import bind, serve_on
 
     settings = load_settings()
+    sock = bind(host, port)  # a taken port fails here, in a moment, before anything starts
     KeyManager.from_settings(
         settings
     )  # refuse to start without usable keys, before anything listens
@@ -82,20 +114,10 @@ def serve(
     if key:
         _announce_admin_key(key)
     application = create_app(settings, run_worker=not no_worker)
-    err_console.print(
-        f"grantkeeper listening on http://{host}:{port} (public URL {settings.public_url})",
-        highlight=False,
-    )
-    uvicorn.run(
+    serve_on(
+        sock,
         application,
-        host=host,
-        port=port,
-        access_log=False,  # our AccessLog never logs query strings
-        log_level="warning",
-        proxy_headers=False,
-        server_header=False,
-        loop="auto",
-        http="auto",
+        f"grantkeeper listening on http://{host}:{port} (public URL {settings.public_url})",
     )
 
 
@@ -176,20 +198,34 @@ def api_keys_create(
 ) -> None:
     """Create an API key; the key is printed once, here."""
     settings = load_settings()
+    note_new_database(settings)
     env_id = _env_id(environment)
 
     async def go() -> tuple[str, str]:
         engine = create_engine(settings)
         try:
+            now = SystemClock().now()
             async with engine.begin() as conn:
-                return await create_key(
+                created = await create_key(
                     conn,
                     environment_id=env_id,
                     name=name,
                     scopes=scope,
                     integration_ids=integration or None,
-                    now=SystemClock().now(),
+                    now=now,
                 )
+                await audit.record(
+                    conn,
+                    environment_id=env_id,
+                    actor=CLI_ACTOR,
+                    action="api_key.created",
+                    now=now,
+                    api_key_id=created[0],
+                    name=name,
+                    scopes=sorted(set(scope)),
+                    integration_ids=sorted(set(integration)) if integration else None,
+                )
+                return created
         finally:
             await engine.dispose()
 
@@ -208,6 +244,7 @@ def api_keys_list(
 ) -> None:
     """List API keys (never the keys themselves)."""
     settings = load_settings()
+    require_database(settings)
     env_id = _env_id(environment) if environment else None
 
     async def go() -> list[dict[str, Any]]:
@@ -253,13 +290,26 @@ def api_keys_list(
 def api_keys_revoke(key_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Revoke an API key; it stops working immediately, in every process."""
     settings = load_settings()
+    require_database(settings)
 
     async def go() -> bool:
         engine = create_engine(settings)
         try:
             upgrade(settings.database_url)
+            now = SystemClock().now()
             async with engine.begin() as conn:
-                return await key_store.revoke(conn, key_id, SystemClock().now())
+                record = await key_store.get(conn, key_id)
+                if record is None or not await key_store.revoke(conn, key_id, now):
+                    return False
+                await audit.record(
+                    conn,
+                    environment_id=record.environment_id,
+                    actor=CLI_ACTOR,
+                    action="api_key.revoked",
+                    now=now,
+                    api_key_id=key_id,
+                )
+                return True
         finally:
             await engine.dispose()
 
@@ -297,6 +347,7 @@ def environments_create(
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
         fail("environment names are lowercase letters, digits, '-' and '_' (max 63)")
     settings = load_settings()
+    note_new_database(settings)
 
     async def go() -> tuple[str, bool, str | None]:
         from grantkeeper.runtime import unseal
@@ -334,6 +385,7 @@ def environments_create(
 def environments_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List environments."""
     settings = load_settings()
+    require_database(settings)
 
     async def go() -> list[tuple[str, str, float]]:
         engine = create_engine(settings)
@@ -383,6 +435,7 @@ def keys_rotate(
     from grantkeeper.runtime import unseal
 
     settings = load_settings()
+    require_database(settings)
 
     async def go() -> dict[str, Any]:
         engine = create_engine(settings)
@@ -530,6 +583,7 @@ def audit_verify(
     from grantkeeper.auditchain import ChainReport, verify
 
     settings = load_settings()
+    require_database(settings)
 
     async def go() -> list[tuple[str, ChainReport]]:
         from grantkeeper.runtime import unseal

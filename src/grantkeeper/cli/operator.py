@@ -29,7 +29,15 @@ from rich.table import Table
 
 from grantkeeper.apikeys import Principal
 from grantkeeper.bootstrap import DEFAULT_ENVIRONMENT, ensure_environment
-from grantkeeper.cli._common import console, err_console, fail, load_settings, print_json, run
+from grantkeeper.cli._common import (
+    console,
+    err_console,
+    fail,
+    load_settings,
+    print_json,
+    require_database,
+    run,
+)
 from grantkeeper.clock import iso, parse_iso
 from grantkeeper.config import Settings
 from grantkeeper.errors import GrantkeeperError
@@ -103,6 +111,7 @@ async def _opened(settings: Settings, environment: str) -> AsyncIterator[_Ctx]:
 
 def _with_ctx(environment: str, fn: Callable[[_Ctx], Awaitable[T]]) -> T:
     settings = load_settings()
+    require_database(settings)  # every operator command works on what is already there
 
     async def go() -> T:
         async with _opened(settings, environment) as ctx:
@@ -317,8 +326,9 @@ def grants_revoke(
     if json_out:
         print_json(result)
     else:
+        said = "already revoked" if result.get("already_revoked") else "revoked"
         console.print(
-            f"revoked {result['id']} (at the provider: {result['provider_revocation']})",
+            f"{said} {result['id']} (at the provider: {result['provider_revocation']})",
             highlight=False,
         )
 

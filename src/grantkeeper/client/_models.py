@@ -375,12 +375,15 @@ class AccessToken:
 class Revocation:
     """Result of ``DELETE /v1/grants/{id}``.
 
-    ``provider_revocation`` is ``succeeded``, ``failed`` or ``unsupported``.
+    ``provider_revocation`` is ``succeeded``, ``failed`` or ``unsupported``;
+    ``already_revoked`` is true when the grant had been revoked before this call (the
+    outcome is then the first revocation's).
     """
 
     id: str
     status: str
     provider_revocation: str
+    already_revoked: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -388,6 +391,7 @@ class Revocation:
             id=str(data["id"]),
             status=str(data["status"]),
             provider_revocation=str(data["provider_revocation"]),
+            already_revoked=bool(data.get("already_revoked", False)),
         )
 
 

@@ -13,6 +13,7 @@ Loading is lazy: nothing is read at import time; :func:`load_catalog` reads and 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -762,7 +763,9 @@ class Catalog:
         try:
             return self._specs[name]
         except KeyError:
-            raise UnknownProvider(f"unknown provider {name!r}", provider=name) from None
+            close = difflib.get_close_matches(name, self._specs, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownProvider(f"unknown provider {name!r}{hint}", provider=name) from None
 
     def all(self) -> list[ProviderSpec]:
         return list(self._specs.values())

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from yarl import URL
 
 from grantkeeper import audit, ratelimit
-from grantkeeper.api.deps import bearer
+from grantkeeper.api.deps import bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate
 from grantkeeper.credential_grants import is_code_kind, mints, stamp_for
 from grantkeeper.errors import (
@@ -38,7 +38,6 @@ from grantkeeper.errors import (
     NotFound,
     ProviderUnavailable,
     ProxyNotConfigured,
-    Unauthenticated,
     UpstreamResponseTooLarge,
 )
 from grantkeeper.grants import get_visible, open_token
@@ -181,7 +180,7 @@ async def proxy(request: Request, grant_id: str, path: str) -> Response:
     rt: Runtime = request.app.state.runtime
     raw_key = bearer(request)
     if raw_key is None:
-        raise Unauthenticated()
+        raise unauthenticated_request(request)
     async with reading(rt.engine) as conn:
         principal = await authenticate(conn, raw_key)
         principal.require("proxy")

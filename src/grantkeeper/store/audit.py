@@ -22,6 +22,7 @@ __all__ = [
     "last_sealed_id",
     "list_events",
     "lock_sealer",
+    "last_detail",
     "set_links",
 ]
 
@@ -96,6 +97,24 @@ async def list_events(
     q = q.limit(limit + 1).offset(offset)
     rows = [dict(m) for m in (await conn.execute(q)).mappings().all()]
     return rows[:limit], len(rows) > limit
+
+
+async def last_detail(
+    conn: AsyncConnection, environment_id: str, grant_id: str, action: str
+) -> dict[str, Any] | None:
+    """The detail of the newest ``action`` event of one grant (None when there is none)."""
+    q = (
+        select(audit_events.c.detail)
+        .where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.grant_id == grant_id,
+            audit_events.c.action == action,
+        )
+        .order_by(audit_events.c.id.desc())
+        .limit(1)
+    )
+    detail = (await conn.execute(q)).scalar_one_or_none()
+    return dict(detail) if detail is not None else None
 
 
 # ---------------------------------------------------------------- the chain

@@ -60,6 +60,11 @@ def load_keyring(settings: Settings) -> Keyring:
     path = settings.resolved_key_file()
     if path is None:
         raise ConfigError("GRANTKEEPER_MASTER_KEYS is required for this database")
+    legacy = settings.legacy_key_file()
+    if not path.exists() and legacy is not None and legacy.exists():
+        # renamed, never regenerated: a new key would strand every stored token
+        legacy.rename(path)
+        log.warning("moved the development key file %s to %s", legacy, path)
     if path.exists():
         return Keyring.parse(path.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ Kept lean on purpose (docs/benchmarks.md has the numbers and the profile):
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from grantkeeper import audit, ratelimit
-from grantkeeper.api.deps import bearer, parse_bearer
+from grantkeeper.api.deps import bearer, missing_key, parse_bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
 from grantkeeper.credential_grants import has_access_token
 from grantkeeper.errors import (
@@ -45,6 +46,22 @@ router = APIRouter(tags=["grants"])
 _PATH = "/v1/grants/{grant_id}/token"
 
 _OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "min_ttl",
+            "in": "query",
+            "required": False,
+            "description": "Same as the body field (give it in one place only).",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 86400},
+        },
+        {
+            "name": "force_refresh",
+            "in": "query",
+            "required": False,
+            "description": "Same as the body field (give it in one place only).",
+            "schema": {"type": "boolean"},
+        },
+    ],
     "requestBody": {
         "required": False,
         "content": {
@@ -109,6 +126,36 @@ def _parse_body(raw: bytes, content_type: str | None) -> tuple[int, bool]:
     return min_ttl, force
 
 
+def _merge_query(query: bytes, raw: bytes, min_ttl: int, force: bool) -> tuple[int, bool]:
+    """``?min_ttl=600&force_refresh=true`` mean what the body's fields mean; anything else
+    in the query, or a field given both ways, is refused rather than silently ignored."""
+    params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    names = [k for k, _ in params]
+    unknown = sorted(set(names) - {"min_ttl", "force_refresh"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter(s): {', '.join(unknown)}; "
+            "this endpoint takes min_ttl and force_refresh"
+        )
+    if len(names) != len(set(names)):
+        raise InvalidInput("give each query parameter once")
+    given = dict(params)
+    body = orjson.loads(raw) if raw.strip() else {}
+    if set(given) & set(body):
+        raise InvalidInput("give min_ttl and force_refresh once: in the query or in the body")
+    if "min_ttl" in given:
+        value = given["min_ttl"]
+        if not value.isascii() or not value.isdigit() or int(value) > 86_400:
+            raise InvalidInput("min_ttl must be an integer between 0 and 86400")
+        min_ttl = int(value)
+    if "force_refresh" in given:
+        flag = given["force_refresh"].lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise InvalidInput("force_refresh must be true or false")
+        force = flag in ("true", "1")
+    return min_ttl, force
+
+
 async def _lookup(rt: Runtime, raw_key: str, grant_id: str) -> tuple[Principal, GrantRecord | None]:
     """Authenticate and read the grant (in the key's environment) in one go."""
     gid = grant_id if is_grant_id(grant_id) else None
@@ -124,11 +171,18 @@ async def _lookup(rt: Runtime, raw_key: str, grant_id: str) -> tuple[Principal, 
 
 
 async def _serve(
-    rt: Runtime, raw_key: str | None, grant_id: str, raw: bytes, content_type: str | None
+    rt: Runtime,
+    raw_key: str | None,
+    grant_id: str,
+    raw: bytes,
+    content_type: str | None,
+    query: bytes = b"",
 ) -> Response:
     if raw_key is None:
         raise Unauthenticated()
     min_ttl, force = _parse_body(raw, content_type)
+    if query:
+        min_ttl, force = _merge_query(query, raw, min_ttl, force)
     principal, rec = await _lookup(rt, raw_key, grant_id)
     await ratelimit.enforce(rt, principal.key_id, "token")
     principal.require("credentials:read")
@@ -195,11 +249,14 @@ class _TokenEndpoint:
 async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     auth: list[str] = []
     content_type: str | None = None
+    x_api_key = False
     for name, value in scope["headers"]:
         if name == b"authorization":
             auth.append(value.decode("latin-1"))
         elif name == b"content-type" and content_type is None:
             content_type = value.decode("latin-1")
+        elif name == b"x-api-key":
+            x_api_key = True
     chunks: list[bytes] = []
     while True:
         message = await receive()
@@ -209,8 +266,16 @@ async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if not message.get("more_body", False):
             break
     rt: Runtime = scope["app"].state.runtime
+    raw_key = parse_bearer(auth)
+    if raw_key is None:
+        raise missing_key(auth, x_api_key)
     response = await _serve(
-        rt, parse_bearer(auth), scope["path_params"]["grant_id"], b"".join(chunks), content_type
+        rt,
+        raw_key,
+        scope["path_params"]["grant_id"],
+        b"".join(chunks),
+        content_type,
+        scope["query_string"],
     )
     await response(scope, receive, send)
 
@@ -221,12 +286,16 @@ router.routes.append(Route(_PATH, _TokenEndpoint(), methods=["POST"], include_in
 
 @router.post(_PATH, openapi_extra=_OPENAPI, response_class=Response)
 async def grant_token(request: Request, grant_id: str) -> Response:
+    raw_key = bearer(request)
+    if raw_key is None:
+        raise unauthenticated_request(request)
     return await _serve(
         request.app.state.runtime,
-        bearer(request),
+        raw_key,
         grant_id,
         await request.body(),
         request.headers.get("content-type"),
+        request.url.query.encode("latin-1"),
     )
 
 
