@@ -13,7 +13,7 @@ provider, and said so where it happens:
 - the Gmail API (``https://gmail.googleapis.com`` and its
   ``/gmail/v1/users/me/profile``) becomes the test provider's echo API.
 
-``http://localhost:8080`` becomes the test server's address, ``grantkeeper``
+``http://127.0.0.1:8080`` becomes the test server's address, ``grantkeeper``
 becomes ``python -m grantkeeper.cli``, and the server runs in a temporary
 directory (the relative SQLite path of the document lands there).
 """
@@ -39,22 +39,35 @@ from tests.support.oidc import OidcServer
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "docs" / "quickstart.md"
-DOC_BASE = "http://localhost:8080"
+README = ROOT / "README.md"
+DOC_BASE = "http://127.0.0.1:8080"
 
 pytestmark = pytest.mark.oidc
 
 
-def blocks() -> dict[str, tuple[str, str]]:
+def blocks(doc: Path = QUICKSTART) -> dict[str, tuple[str, str]]:
     """``{name: (language, code)}`` for every ``<!-- quickstart:NAME -->`` block."""
-    text = QUICKSTART.read_text(encoding="utf-8")
+    text = doc.read_text(encoding="utf-8")
     found = re.findall(r"<!-- quickstart:([a-z-]+) -->\s*\n```(\w+)\n(.*?)\n```", text, re.S)
     return {name: (lang, code) for name, lang, code in found}
 
 
 def shell_lines(code: str) -> list[list[str]]:
-    """Commands of a shell block: continuation lines joined, comments dropped, split like sh."""
-    joined = code.replace("\\\n", " ")
-    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """Commands of a shell block, split like sh: continuation lines joined, comments dropped,
+    a quoted string may span lines (as the README's JSON bodies do)."""
+    commands: list[list[str]] = []
+    pending = ""
+    for line in code.replace("\\\n", " ").splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            argv = shlex.split(pending, comments=True)
+        except ValueError:  # an open quote: the command goes on
+            continue
+        pending = ""
+        if argv:
+            commands.append(argv)
+    assert not pending, f"unterminated command: {pending!r}"
+    return commands
 
 
 def expand(arg: str, env: dict[str, str]) -> str:
@@ -135,7 +148,10 @@ def test_quickstart_as_written(quickstart_server: tuple[str, dict[str, str], sub
     docs = blocks()
     assert set(docs) >= {"serve", "api-key", "integration", "connect", "token", "proxy", "sdk"}
 
-    # 1. the server made the database and the key file where the document says, and printed a key
+    # 1. the install block names what a checkout has (running it is what ./scripts/test does first)
+    assert shell_lines(docs["install"][1]) == [["./scripts/setup"], [".", ".venv/bin/activate"]]
+    assert os.access(ROOT / "scripts" / "setup", os.X_OK) and (ROOT / ".venv" / "bin" / "grantkeeper").exists()
+    # the server made the database and the key file where the document says, and printed a key
     assert (cwd / "grantkeeper.db").exists() and (cwd / "grantkeeper.db.key").exists()
     m = re.search(r"GRANTKEEPER_ADMIN_KEY=(\S+)", (cwd / "serve.out").read_text())
     assert m is not None
@@ -215,3 +231,26 @@ def test_quickstart_as_written(quickstart_server: tuple[str, dict[str, str], sub
         echoed: dict[str, Any] = eval(line, {})  # noqa: S307 - the snippet prints dicts
         assert echoed["account"] == "alice" and echoed["path"] == "/api/echo/profile"
     assert token["access_token"] not in lines[0]  # the echo API echoes the header; the SDK does not
+
+    # the README's five calls, as written, on the same server: the admin key has the name the
+    # first start prints, google-mail asks for openid (the account id comes from the ID token)
+    readme = shell_lines(blocks(README)["readme"][1])
+    assert [a[0] for a in readme] == ["export", "curl", "curl", "curl", "curl"]
+    name, _, _ = readme[0][1].partition("=")
+    assert name == "GRANTKEEPER_ADMIN_KEY" and name in shell
+    r = curl(readme[1], shell, base)
+    assert r.status_code in (200, 201), r.text
+    assert "openid" in r.json()["scopes"]
+    r = curl(readme[2], shell, base)
+    assert r.status_code == 201, r.text
+    link = httpx.get(r.json()["connect_url"], follow_redirects=False)
+    assert urlsplit(link.headers["location"]).netloc == "accounts.google.com"
+    assert "openid" in parse_qs(urlsplit(link.headers["location"]).query)["scope"][0].split()
+    shell["GRANT"] = shell["GRANT_ID"]
+    r = curl(for_test_provider(readme[3]), shell, base)
+    assert r.status_code == 200 and r.json()["grant_id"] == shell["GRANT"], r.text
+    r = curl(for_test_provider(readme[4]), shell, base)
+    assert r.status_code == 200 and r.json()["path"] == "/api/echo/profile", r.text
+    # the grant made through the documented integration carries the provider account
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {shell['GRANTKEEPER_ADMIN_KEY']}"}) as c:
+        assert c.get(f"/v1/grants/{shell['GRANT']}").json()["provider_account_id"] == "alice"
