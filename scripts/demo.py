@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,9 +83,12 @@ class Demo:
 
     def start_provider(self) -> None:
         log = self.tmp / "oidc-provider.log"
+        node = shutil.which("node")
+        if node is None:
+            raise DemoError("the demo needs Node.js (node) for the test OpenID provider")
         with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["node", "server.mjs", "--port", "0", "--exit-on-stdin-close"],
+            proc = subprocess.Popen(  # noqa: S603 - fixed arguments
+                [node, "server.mjs", "--port", "0", "--exit-on-stdin-close"],
                 cwd=OIDC_DIR, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.procs.append(proc)
@@ -102,7 +106,7 @@ class Demo:
         )
         out, err = self.tmp / "vault.out", self.tmp / "vault.log"
         with open(out, "wb") as o, open(err, "wb") as e:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: S603 - fixed arguments
                 [sys.executable, "-m", "grantkeeper.cli", "serve", "--port", str(self.port)],
                 env=self.env, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
             )  # fmt: skip

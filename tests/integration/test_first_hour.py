@@ -365,3 +365,36 @@ def test_license_is_an_spdx_expression() -> None:
     assert project["project"]["license"] == "Apache-2.0"
     requires = project["build-system"]["requires"]
     assert any(re.fullmatch(r"setuptools>=(\d+).*", r) and int(re.fullmatch(r"setuptools>=(\d+).*", r).group(1)) >= 77 for r in requires)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- 7. the Connect page
+
+
+def test_connect_page_speaks_plainly(sqlite_gk, oidc: OidcServer) -> None:  # type: ignore[no-untyped-def]
+    import html
+
+    from grantkeeper.providers import load_catalog
+
+    gk = sqlite_gk
+    gmail = "https://www.googleapis.com/auth/gmail.readonly"
+    spec = load_catalog().get("google-mail")
+    with gk.client() as c:
+        r = c.put("/v1/integrations/mail", json={
+            "provider": "google-mail", "client_id": "c", "client_secret": "s", "display_name": "Acme CRM",
+            "scopes": ["openid", "email", gmail], "return_urls": ["https://app.example/x"], "connect_page": True,
+        })  # fmt: skip
+        assert r.status_code == 201, r.text
+        link = c.post("/v1/connect/sessions", json={"integration_id": "mail", "user_id": "u", "return_to": "https://app.example/x"}).json()["connect_url"]
+    page = html.unescape(httpx.get(link).text)
+    assert f"Connect your {spec.display_name} account" in page
+    assert "Acme CRM</strong> asks for access" in page
+    for scope in ("openid", "email", gmail):
+        described = spec.describe_scope(scope)
+        assert described and described in page, scope
+
+    setup_oidc_integration(gk, oidc, "acme", display_name="Acme ID", connect_page=True, scopes=("openid", "email", "offline_access", "api:read"))
+    with gk.client() as c:
+        link = c.post("/v1/connect/sessions", json={"integration_id": "acme", "user_id": "u", "return_to": "http://127.0.0.1:9/app/done/x"}).json()["connect_url"]
+    page = html.unescape(httpx.get(link).text)
+    assert "Connect your Acme ID account" in page and "Generic OpenID Connect" not in page
+    assert "See your email address" in page and "<code>api:read</code>" in page  # undescribed: as is

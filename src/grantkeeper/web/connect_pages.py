@@ -8,6 +8,7 @@ nothing else; a provider error goes back to the app with ``status=error``.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
@@ -21,6 +22,7 @@ from grantkeeper.errors import (
     InvalidState,
     ProviderUnavailable,
 )
+from grantkeeper.providers.catalog import ProviderSpec
 from grantkeeper.runtime import Runtime
 from grantkeeper.web.pages import PAGE_HEADERS, Templates
 
@@ -125,6 +127,21 @@ async def connect_form_submit(request: Request, url_token: str) -> Response:
     return RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
 
 
+def _names(
+    integration_id: str, display_name: str | None, spec: ProviderSpec, issuer: str | None
+) -> tuple[str | None, str]:
+    """(the app's name or None, the provider's name) for the Connect page.
+
+    A generic entry ("Generic OpenID Connect") means nothing to an end user: there the
+    integration's display name names the provider (else the issuer's host), and the app
+    goes unnamed rather than being called the same.
+    """
+    if spec.is_generic:
+        host = urlsplit(issuer).hostname if issuer else None
+        return None, display_name or host or integration_id
+    return display_name or integration_id, spec.display_name
+
+
 @router.get("/connect/{url_token}")
 async def connect_page(request: Request, url_token: str) -> Response:
     rt = _rt(request)
@@ -136,11 +153,14 @@ async def connect_page(request: Request, url_token: str) -> Response:
         integ = resolved.record
         if integ.connect_page and request.query_params.get("continue") != "1":
             scopes = list(sess.scopes) if sess.scopes is not None else list(integ.scopes)
+            spec = resolved.spec
+            app_name, provider_name = _names(integ.id, integ.display_name, spec, resolved.issuer)
             return _templates.render(
                 "connect.html",
-                app_name=integ.display_name or integ.id,
-                provider_name=resolved.spec.display_name,
-                scopes=scopes or list(resolved.spec.default_scopes),
+                app_name=app_name,
+                provider_name=provider_name,
+                # (plain description or None, the scope itself): the words a user understands
+                scopes=[(spec.describe_scope(s), s) for s in scopes or spec.default_scopes],
                 continue_url=f"/connect/{url_token}",
                 cancel_url=connect.with_query(
                     sess.return_to,
