@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.oidc", "tests.support.gk", "tests.support.subjects", "tests.support.credapi", "tests.support.tokenapi"]
+pytest_plugins = ["tests.support.oidc", "tests.support.gk", "tests.support.subjects", "tests.support.credapi", "tests.support.tokenapi", "tests.support.roots"]
