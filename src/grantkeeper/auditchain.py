@@ -1,33 +1,35 @@
 """The tamper-evident audit chain: each sealed event carries the hash of the one before.
 
-Per environment, events are linked in id order::
+Per environment, events are linked in the order the sealer seals them::
 
     hash = HMAC-SHA256(K, prev_hash || canonical_json(event))
 
 with ``prev_hash`` the previous event's hash (64 zeros for the first) and ``K`` derived
 from the vault (``Vault.derive_key(b"audit-chain")``), so someone who can write the
-database but does not hold a master key cannot forge a consistent chain.
+database but does not hold a master key cannot forge a consistent chain. Each sealed
+event's position in its chain is ``chain_seq``.
 
-**Sealed asynchronously.** Requests only ``INSERT`` events (in the transaction of the
-change they describe); linking them at insert time would serialise every audited
-request, including every token handed out, across all processes. The worker's sealer
-(:func:`seal`) links events afterwards, in id order, but only events older than
-:data:`SEAL_HORIZON` seconds. Ids are assigned at insert, not at commit: on PostgreSQL
-a transaction holding id 10 may commit after id 11. The horizon is far longer than any
-transaction that writes an audit event (they are short and never wait on a provider),
-so when the sealer links event 11, event 10 has long been visible. On SQLite writers are
-serialised (``BEGIN IMMEDIATE``), so commit order is id order anyway. On PostgreSQL a
-transaction-scoped advisory lock lets exactly one sealer run at a time; each pass
-re-reads the chain head inside that lock.
+**Sealed asynchronously, in seal order.** Requests only ``INSERT`` events (in the
+transaction of the change they describe); linking them at insert time would serialise
+every audited request, including every token handed out, across all processes. The
+worker's sealer (:func:`seal`) links events afterwards and appends each one to the end
+of its environment's chain. Ids are assigned at insert, not at commit: on PostgreSQL a
+transaction holding id 10 may commit after id 11 was sealed, however long after. Such
+an event is simply appended when it becomes visible; nothing depends on id order or on
+application clocks, so no commit order can make the chain look tampered with. (An
+earlier design linked in id order behind a 5-second horizon of application time, and a
+slow transaction made ``audit verify`` fail without any tampering.) On PostgreSQL a
+transaction-scoped advisory lock lets exactly one sealer run at a time; on SQLite the
+sealing transaction's ``BEGIN IMMEDIATE`` does; each pass re-reads the chain heads
+inside that lock. :data:`SEAL_HORIZON` only batches work.
 
-**What ``verify`` detects** (:func:`verify`): an edited event (its hash no longer
-matches), a deleted one (the next event's ``prev_hash`` names an event that is gone),
-reordered ones (a ``prev_hash`` that names another, existing event; the hash also
-covers the id), an event whose seal was removed while later ones are sealed, and seals
-made with no loaded key. It cannot detect the removal of the newest events on its own:
-record the head it reports (``grantkeeper audit verify --json``) somewhere else to anchor
-the chain. Events younger than the horizon are not sealed yet and are reported as
-pending.
+**What ``verify`` detects** (:func:`verify`, walking ``chain_seq`` order): an edited
+event (its hash no longer matches; the hash covers the id), a deleted one (the next
+event's ``prev_hash`` names an event that is gone), reordered ones (a ``prev_hash`` that
+names another, existing event), an event whose seal was removed, and seals made with no
+loaded key. It cannot detect the removal of the newest events on its own: record the head
+it reports (``grantkeeper audit verify --json``) somewhere else to anchor the chain.
+Events not sealed yet are reported as pending.
 
 The chain key is derived from the keyring's derivation secret, a key of its own that
 keeps its value through root and keyring rotation (``vault.manager``), so retiring an
@@ -41,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -96,62 +98,42 @@ def chain_keys(vault: Vault) -> list[tuple[str, bytes]]:
 
 @dataclass
 class Sealer:
-    """State of one process's sealer: how far it has looked (an optimisation only)."""
+    """One process's sealer."""
 
     vault: Vault
     horizon: float = SEAL_HORIZON
     batch: int = _BATCH
     #: events this sealer has linked so far
     sealed: int = 0
-    _cursor: int | None = field(default=None, repr=False)
-    _late_warned: set[int] = field(default_factory=set, repr=False)
 
     async def step(self, engine: AsyncEngine, now: float) -> int:
-        """Seal what is due; returns how many events it got past (0: nothing more for now)."""
+        """Seal one batch of what is due; returns how many it linked (0: nothing for now)."""
         cutoff = now - self.horizon
         # a read first, so an idle pass never takes SQLite's write lock
         async with reading(engine) as conn:
-            if self._cursor is None:
-                self._cursor = await store.last_sealed_id(conn)
-            probe = await store.events_after(conn, self._cursor, 1)
-        if not probe or probe[0]["at"] >= cutoff:
-            return 0
+            if not await store.unsealed(conn, 1, before=cutoff):
+                return 0
         key = self.vault.derive_key(_PURPOSE)
         async with engine.begin() as conn:
             if not await store.lock_sealer(conn):
                 return 0  # another process is sealing
-            cursor = self._cursor
-            rows = await store.events_after(conn, cursor, self.batch)
+            rows = await store.unsealed(conn, self.batch, before=cutoff)
             heads: dict[str, tuple[int, str]] = {}
-            links: list[tuple[int, str, str]] = []
-            advanced = 0
+            links: list[tuple[int, str, str, int]] = []
             for row in rows:
-                if row["at"] >= cutoff:
-                    break  # younger events (and all after them) wait for a later pass
-                cursor = int(row["id"])
-                advanced += 1
-                if row["hash"] is not None:
-                    continue  # sealed by another process
                 env = str(row["environment_id"])
                 if env not in heads:
                     head = await store.chain_head(conn, env)
                     heads[env] = head if head is not None else (0, GENESIS)
-                head_id, head_hash = heads[env]
-                if row["id"] < head_id:
-                    # committed after a later event was sealed: cannot be linked in order
-                    if row["id"] not in self._late_warned:
-                        self._late_warned.add(int(row["id"]))
-                        log.warning("audit event %s committed too late to be sealed", row["id"])
-                    continue
+                seq, head_hash = heads[env]
                 h = link_hash(key, head_hash, row)
-                links.append((int(row["id"]), head_hash, h))
-                heads[env] = (int(row["id"]), h)
+                links.append((int(row["id"]), head_hash, h, seq + 1))
+                heads[env] = (seq + 1, h)
             await store.set_links(conn, links)
-        self._cursor = cursor  # only once the links are committed
         if links:
             self.sealed += len(links)
-            log.debug("sealed %d audit events up to id %s", len(links), links[-1][0])
-        return advanced
+            log.debug("sealed %d audit events", len(links))
+        return len(links)
 
 
 async def seal(
@@ -213,7 +195,7 @@ class ChainReport:
 
 
 class ChainVerifier:
-    """Checks one environment's events fed in id order; stops at the first broken link."""
+    """Checks one environment's events fed in chain order; stops at the first broken link."""
 
     def __init__(self, environment_id: str, keys: list[tuple[str, bytes]]) -> None:
         self.report = ChainReport(environment_id)
@@ -221,7 +203,6 @@ class ChainVerifier:
         self._key = keys[0][1]
         self._prev_hash = GENESIS
         self._prev_id: int | None = None
-        self._first_unsealed: int | None = None
         #: set when an event links to a hash other than its predecessor's
         self.dangling: tuple[int, str] | None = None
 
@@ -231,16 +212,9 @@ class ChainVerifier:
         report.events += 1
         rid = int(row["id"])
         if row["hash"] is None:
-            report.pending += 1
-            if self._first_unsealed is None:
-                self._first_unsealed = rid
-            return True
-        if self._first_unsealed is not None:
+            # the sealer writes position and seal together: only an edit separates them
             report.broken = BrokenLink(
-                self._first_unsealed,
-                "unsealed",
-                f"event {self._first_unsealed} has no seal but the later event {rid} is "
-                "sealed (its seal was removed, or it was inserted afterwards)",
+                rid, "unsealed", f"event {rid} has a place in the chain but no seal (removed)"
             )
             return False
         if str(row["prev_hash"]) != self._prev_hash:
@@ -290,8 +264,11 @@ async def verify(
     checker = ChainVerifier(environment_id, chain_keys(vault))
     after = 0
     async with reading(engine) as conn:
+        pending = await store.count_unchained(conn, environment_id)
+        checker.report.events += pending
+        checker.report.pending = pending
         while True:
-            batch = await store.events_after(conn, after, page, environment_id=environment_id)
+            batch = await store.chain_after(conn, environment_id, after, page)
             for row in batch:
                 if not checker.feed(row):
                     if checker.dangling is not None:
@@ -301,4 +278,4 @@ async def verify(
                     return checker.report
             if len(batch) < page:
                 return checker.report
-            after = int(batch[-1]["id"])
+            after = int(batch[-1]["chain_seq"])

@@ -164,17 +164,31 @@ def test_reordered_events_are_named(quiet: Server) -> None:
     _seal_all(quiet)
     rows = _rows(quiet)
     a, b = rows[2]["id"], rows[3]["id"]
+    sa, sb = rows[2]["chain_seq"], rows[3]["chain_seq"]
     tmp = 10_000_000
+    # swap the two events' places: ids and chain positions (the chain is walked in
+    # chain_seq order; the hash covers the id)
     _exec(
         quiet,
-        update(audit_events).where(audit_events.c.id == a).values(id=tmp),
-        update(audit_events).where(audit_events.c.id == b).values(id=a),
-        update(audit_events).where(audit_events.c.id == tmp).values(id=b),
+        update(audit_events).where(audit_events.c.id == a).values(id=tmp, chain_seq=tmp),
+        update(audit_events).where(audit_events.c.id == b).values(id=a, chain_seq=sa),
+        update(audit_events).where(audit_events.c.id == tmp).values(id=b, chain_seq=sb),
     )
     code, out = _verify_cli(quiet)
     assert code == 1
     broken = out["environments"][0]["broken"]
     assert broken["event_id"] == a and broken["kind"] == "reordered"
+    # swapping the ids alone is caught too (each hash covers its event's id)
+    _exec(
+        quiet,
+        update(audit_events).where(audit_events.c.id == a).values(id=tmp, chain_seq=tmp),
+        update(audit_events).where(audit_events.c.id == b).values(id=a, chain_seq=sa),
+        update(audit_events).where(audit_events.c.id == tmp).values(id=b, chain_seq=sb),
+        update(audit_events).where(audit_events.c.id == a).values(id=tmp),
+        update(audit_events).where(audit_events.c.id == b).values(id=a),
+        update(audit_events).where(audit_events.c.id == tmp).values(id=b),
+    )
+    assert _verify_cli(quiet)[0] == 1
 
 
 def test_removed_seal_is_named(quiet: Server) -> None:
@@ -312,3 +326,90 @@ def test_chain_and_ui_sessions_survive_retiring_the_old_key(quiet: Server) -> No
     assert code == 0, out
     after = UiKeys(_db_vault(quiet))
     assert after.verify(cookie, time.time()) is not None
+
+
+# ---------------------------------------------------------------- late commits (issue 12, review item 5)
+
+
+def _insert_event_sql(server: Server, event_id: int | None, at: float) -> None:
+    from tests.support.sqlexec import sql_exec
+
+    env_id = _rows(server)[0]["environment_id"]
+    cols = "environment_id, at, actor, action, detail" + (", id" if event_id is not None else "")
+    vals = "?, ?, 'key:late', 'late.event', '{}'" + (", ?" if event_id is not None else "")
+    args: list[Any] = [env_id, at] + ([event_id] if event_id is not None else [])
+    sql_exec(server.db, f"INSERT INTO audit_events ({cols}) VALUES ({vals})", *args)
+
+
+def _reserve_id(server: Server) -> int:
+    """An audit id nobody uses yet but lower than every later one (as nextval in a slow txn)."""
+    from tests.support.sqlexec import sql_rows
+
+    if server.db.backend == "postgres":
+        (row,) = sql_rows(server.db, "SELECT nextval(pg_get_serial_sequence('audit_events', 'id'))")
+        return int(row[0])
+    # SQLite hands out max(rowid) + 1: a placeholder row further up leaves a gap below it
+    top = max(r["id"] for r in _rows(server))
+    _insert_event_sql(server, top + 10, time.time())
+    return top + 1
+
+
+def test_an_event_committed_after_a_later_one_was_sealed_is_not_tampering(quiet: Server) -> None:
+    """Ids are assigned at insert, not at commit: a lower id may become visible after a
+    higher one was sealed. That is not tampering: the event is sealed later, verify is ok."""
+    _make_events(quiet, 2)
+    # an id taken by a transaction that commits late: reserve it now, make it visible later
+    late_id = _reserve_id(quiet)
+    _make_events(quiet, 3)
+    assert all(r["id"] > late_id for r in _rows(quiet)[-3:])
+    _seal_all(quiet)
+    assert _verify_cli(quiet)[0] == 0
+    # the slow transaction commits now, with its (old) application timestamp
+    _insert_event_sql(quiet, late_id, time.time() - 60)
+    _seal_all(quiet)
+    code, out = _verify_cli(quiet)
+    assert code == 0, out
+    env = out["environments"][0]
+    assert env["pending"] == 0 and env["sealed"] == len(_rows(quiet))
+    # and the chain still detects an edit of the late event
+    _exec(quiet, update(audit_events).where(audit_events.c.id == late_id).values(actor="key:x"))
+    code, out = _verify_cli(quiet)
+    assert code == 1 and out["environments"][0]["broken"]["event_id"] == late_id
+
+
+def test_a_transaction_held_open_on_postgres_never_breaks_the_chain(tmp_path: Path) -> None:
+    """The real thing: a transaction holds an audit id while others commit and the sealer runs."""
+    import asyncpg
+
+    with running_server("postgres", tmp_path, worker=False) as server:
+        _make_events(server, 2)
+        env_id = _rows(server)[0]["environment_id"]
+        dsn = server.db.url.replace("postgresql+asyncpg://", "postgresql://")
+        vault = _vault(server)
+
+        async def go() -> None:
+            slow = await asyncpg.connect(dsn)
+            tx = slow.transaction()
+            await tx.start()
+            held = await slow.fetchval(
+                "INSERT INTO audit_events (environment_id, at, actor, action, detail) "
+                "VALUES ($1, $2, 'key:slow', 'slow.event', '{}') RETURNING id",
+                env_id,
+                time.time() - 60,
+            )
+            await asyncio.to_thread(_make_events, server, 3)
+            engine = create_engine(Settings(database_url=server.db.url, master_keys=SecretStr(master_key())))
+            try:
+                await seal(engine, vault, time.time(), horizon=0)
+                await tx.commit()
+                await slow.close()
+                await seal(engine, vault, time.time(), horizon=0)
+                report = await verify(engine, vault, env_id)
+                assert report.ok, report
+                assert report.pending == 0 and report.sealed == report.events
+                assert held is not None
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+        assert _verify_cli(server)[0] == 0

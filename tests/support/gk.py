@@ -165,7 +165,7 @@ def start_server(
     *,
     worker: bool = True,
     admin_key: str | None = None,
-    timeout: float = 30.0,
+    timeout: float = 90.0,
 ) -> Server:
     args = [sys.executable, "-m", "grantkeeper.cli", "serve", "--port", str(port)]
     if not worker:

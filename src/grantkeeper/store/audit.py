@@ -1,7 +1,8 @@
 """Audit events: append-only; the hash chain is filled by ``auditchain.seal``.
 
 Appending never touches the chain, so the hot path (every token handed out is
-audited) never serialises on it; the sealer links events afterwards, in id order.
+audited) never serialises on it; the sealer links events afterwards, in the order
+it seals them (``chain_seq``).
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.store.tables import audit_events
 
 __all__ = [
     "append",
+    "chain_after",
     "chain_head",
+    "count_unchained",
     "event_with_hash",
-    "events_after",
-    "last_sealed_id",
     "list_events",
     "lock_sealer",
     "last_detail",
     "set_links",
+    "unsealed",
 ]
 
 #: pg_advisory_xact_lock key of the sealer ("gk-audit" in ASCII)
@@ -131,46 +133,60 @@ async def lock_sealer(conn: AsyncConnection) -> bool:
     return bool(got)
 
 
-async def last_sealed_id(conn: AsyncConnection) -> int:
-    """The highest sealed event id (a backwards scan over the short unsealed tail)."""
-    got = await conn.scalar(
-        select(audit_events.c.id)
-        .where(audit_events.c.hash.is_not(None))
-        .order_by(audit_events.c.id.desc())
-        .limit(1)
+async def unsealed(conn: AsyncConnection, limit: int, *, before: float) -> list[dict[str, Any]]:
+    """Events not sealed yet, written before ``before``, lowest id first (partial index)."""
+    q = (
+        select(audit_events)
+        .where(audit_events.c.hash.is_(None), audit_events.c.at < before)
+        .order_by(audit_events.c.id)
+        .limit(limit)
     )
-    return int(got) if got is not None else 0
+    return [dict(m) for m in (await conn.execute(q)).mappings().all()]
 
 
 async def chain_head(conn: AsyncConnection, environment_id: str) -> tuple[int, str] | None:
-    """(id, hash) of the environment's newest sealed event."""
+    """(chain position, hash) of the environment's last sealed event."""
     row = (
         await conn.execute(
-            select(audit_events.c.id, audit_events.c.hash)
+            select(audit_events.c.chain_seq, audit_events.c.hash)
             .where(
                 audit_events.c.environment_id == environment_id,
-                audit_events.c.hash.is_not(None),
+                audit_events.c.chain_seq.is_not(None),
             )
-            .order_by(audit_events.c.id.desc())
+            .order_by(audit_events.c.chain_seq.desc())
             .limit(1)
         )
     ).first()
     return (int(row[0]), str(row[1])) if row is not None else None
 
 
-async def events_after(
-    conn: AsyncConnection,
-    after_id: int,
-    limit: int,
-    *,
-    environment_id: str | None = None,
+async def chain_after(
+    conn: AsyncConnection, environment_id: str, after_seq: int, limit: int
 ) -> list[dict[str, Any]]:
-    """Events with id > ``after_id`` in id order (all environments unless one is named)."""
-    q = select(audit_events).where(audit_events.c.id > after_id)
-    if environment_id is not None:
-        q = q.where(audit_events.c.environment_id == environment_id)
-    q = q.order_by(audit_events.c.id).limit(limit)
+    """The environment's chained events after position ``after_seq``, in chain order."""
+    q = (
+        select(audit_events)
+        .where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.chain_seq > after_seq,
+        )
+        .order_by(audit_events.c.chain_seq)
+        .limit(limit)
+    )
     return [dict(m) for m in (await conn.execute(q)).mappings().all()]
+
+
+async def count_unchained(conn: AsyncConnection, environment_id: str) -> int:
+    """Events of the environment that have no chain position yet (pending)."""
+    got = await conn.scalar(
+        select(func.count())
+        .select_from(audit_events)
+        .where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.chain_seq.is_(None),
+        )
+    )
+    return int(got or 0)
 
 
 async def event_with_hash(conn: AsyncConnection, environment_id: str, h: str) -> int | None:
@@ -183,13 +199,17 @@ async def event_with_hash(conn: AsyncConnection, environment_id: str, h: str) ->
     return int(got) if got is not None else None
 
 
-async def set_links(conn: AsyncConnection, links: Sequence[tuple[int, str, str]]) -> None:
-    """Store (id, prev_hash, hash); only on events not sealed yet (never re-seals)."""
+async def set_links(conn: AsyncConnection, links: Sequence[tuple[int, str, str, int]]) -> None:
+    """Store (id, prev_hash, hash, chain_seq); only on events not sealed yet (never re-seals)."""
     if not links:
         return
     stmt = (
         update(audit_events)
         .where(audit_events.c.id == bindparam("b_id"), audit_events.c.hash.is_(None))
-        .values(prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"))
+        .values(
+            prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"), chain_seq=bindparam("b_seq")
+        )
     )
-    await conn.execute(stmt, [{"b_id": i, "b_prev": p, "b_hash": h} for i, p, h in links])
+    await conn.execute(
+        stmt, [{"b_id": i, "b_prev": p, "b_hash": h, "b_seq": q} for i, p, h, q in links]
+    )

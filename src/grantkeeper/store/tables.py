@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 __all__ = [
@@ -220,10 +221,20 @@ audit_events = Table(
     Column("grant_id", ID, nullable=True),
     Column("integration_id", String(63), nullable=True),
     Column("detail", JSON, nullable=False),
-    # hash chain (tamper evidence), filled in order by the sealer
+    # hash chain (tamper evidence), filled by the sealer in the order it seals (chain_seq:
+    # the event's position in its environment's chain; not the id order, which a slow
+    # transaction can overtake)
     Column("prev_hash", String(64), nullable=True),
     Column("hash", String(64), nullable=True),
+    Column("chain_seq", BigInteger, nullable=True),
     Index("ix_audit_env_grant", "environment_id", "grant_id", "id"),
+    Index("ix_audit_env_chain", "environment_id", "chain_seq", unique=True),
+    Index(
+        "ix_audit_unsealed",
+        "id",
+        postgresql_where=text("hash IS NULL"),
+        sqlite_where=text("hash IS NULL"),
+    ),
     Index("ix_audit_env_id", "environment_id", "id"),
     Index("ix_audit_env_action_at", "environment_id", "action", "at"),
 )
