@@ -1,7 +1,7 @@
 """audit chain in seal order (chain_seq), index of unsealed events
 
-Revision ID: 0006_w12b_audit_chain_order
-Revises: 0005_w17_keyring
+Revision ID: 0007_w12b_audit_chain_order
+Revises: 0006_w15_end_user_access
 Create Date: 2026-11-30 05:20:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_w12b_audit_chain_order"
-down_revision = "0005_w17_keyring"
+revision = "0007_w12b_audit_chain_order"
+down_revision = "0006_w15_end_user_access"
 branch_labels = None
 depends_on = None
 
