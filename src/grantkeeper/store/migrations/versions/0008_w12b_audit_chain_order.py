@@ -1,7 +1,7 @@
 """audit chain in seal order (chain_seq), index of unsealed events
 
-Revision ID: 0007_w12b_audit_chain_order
-Revises: 0006_w15_end_user_access
+Revision ID: 0008_w12b_audit_chain_order
+Revises: 0007_w14_credential_kinds
 Create Date: 2026-11-30 05:20:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_w12b_audit_chain_order"
-down_revision = "0006_w15_end_user_access"
+revision = "0008_w12b_audit_chain_order"
+down_revision = "0007_w14_credential_kinds"
 branch_labels = None
 depends_on = None
 
