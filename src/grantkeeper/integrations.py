@@ -325,7 +325,7 @@ async def put_integration(
     return rec, created
 
 
-#: kinds an integration may use today (``mcp`` arrives with its own module)
+#: kinds an integration may use today (``mcp`` integrations go through ``_put_mcp``)
 _SUPPORTED_MODES = frozenset(
     {
         "oauth2",

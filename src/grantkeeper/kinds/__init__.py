@@ -21,6 +21,7 @@ from grantkeeper.kinds.base import (
 from grantkeeper.kinds.basic import Basic
 from grantkeeper.kinds.client_credentials import ClientCredentialsKind
 from grantkeeper.kinds.jwt_bearer import JwtBearer
+from grantkeeper.kinds.mcp import McpKind
 
 __all__ = [
     "Credentials",
@@ -36,7 +37,7 @@ __all__ = [
 _KINDS: dict[str, Kind] = {
     "oauth2": AuthorizationCode(),
     "oidc": AuthorizationCode(),
-    "mcp": AuthorizationCode(),
+    "mcp": McpKind(),
     "api_key": ApiKey(),
     "basic": Basic(),
     "client_credentials": ClientCredentialsKind(),

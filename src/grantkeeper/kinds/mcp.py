@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from grantkeeper.errors import ClientRegistrationUnavailable, McpDiscoveryFailed, UnsafeUrl
+from grantkeeper.kinds.authorization_code import AuthorizationCode
 from grantkeeper.netguard import check_url
 from grantkeeper.oauth import rfc7591, rfc8414, rfc9728
 from grantkeeper.oauth.fetch import FetchError, fetch
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_METADATA_PATH",
     "McpDiscovery",
+    "McpKind",
     "McpSetup",
     "authorization_params",
     "client_metadata_document",
@@ -58,6 +60,18 @@ CLIENT_NAME: Final = "grantkeeper"
 #: the MCP protocol revision announced in the discovery probe
 PROTOCOL_VERSION: Final = "2025-06-18"
 _OFFLINE: Final = "offline_access"
+
+
+class McpKind(AuthorizationCode):
+    """An MCP server's grants: the authorization-code kind, bound to one resource.
+
+    Stamping, refresh (``refresh.engine``, with ``resource``) and revocation are the
+    authorization-code kind's; what is MCP's own is how the integration comes to be
+    (``prepare``) and the authorization request's ``resource`` and scopes
+    (``authorization_params``).
+    """
+
+    mode: ClassVar[str] = "mcp"
 
 
 def is_mcp(auth_mode: str) -> bool:

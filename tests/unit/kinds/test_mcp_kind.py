@@ -74,3 +74,12 @@ def test_view_reports_the_contract_members() -> None:
         "registration": "dcr",
     }
     assert mcp.view(replace(rec, mcp=None)) is None
+
+
+def test_the_mcp_kind_is_an_authorization_code_kind() -> None:
+    from grantkeeper.kinds import kind_for
+    from grantkeeper.kinds.authorization_code import AuthorizationCode
+
+    kind = kind_for("mcp")
+    assert isinstance(kind, mcp.McpKind) and isinstance(kind, AuthorizationCode)
+    assert kind.mode == "mcp" and kind.has_access_token
