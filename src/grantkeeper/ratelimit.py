@@ -49,7 +49,7 @@ async def take(
 ) -> float | None:
     """Take one token: None when allowed, else the seconds until one is available."""
     refilled = _refilled(now, rate, float(burst))
-    taken = await conn.execute(
+    spend = (
         update(rate_limits)
         .where(and_(_t.bucket == bucket, refilled >= 1.0))
         .values(
@@ -57,7 +57,7 @@ async def take(
             updated_at=case((_t.updated_at < now, literal(now)), else_=_t.updated_at),
         )
     )
-    if taken.rowcount == 1:
+    if (await conn.execute(spend)).rowcount == 1:
         return None
     ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(rate_limits)
     created = await conn.execute(
@@ -66,6 +66,9 @@ async def take(
         )
     )
     if created.rowcount == 1:
+        return None
+    # a concurrent first request created the bucket meanwhile: spend from it, do not refuse
+    if (await conn.execute(spend)).rowcount == 1:
         return None
     have = await conn.scalar(select(refilled).where(_t.bucket == bucket))
     missing = 1.0 - float(have if have is not None else 0.0)

@@ -337,3 +337,53 @@ def test_subject_issuer_admin_api_and_jwks_rotation(gk: Server, oidc: OidcServer
         assert c.delete("/v1/subject-issuers/app").status_code == 200
         assert c.delete("/v1/subject-issuers/app").status_code == 404
     assert httpx.get(gk.base_url + "/v1/me/grants", headers={"Authorization": f"Bearer {app_issuer.sign('u1')}"}).status_code == 401
+
+
+def test_exchange_refreshes_first_single_flight_like_the_token_route(
+    tmp_path: Any, backend: str, oidc: OidcServer, app_issuer: AppIssuer
+) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.gk import running_server
+
+    # no worker: the proactive refresh must not get there first
+    with running_server(backend, tmp_path, worker=False) as gk:
+        oidc.set_ttl(AccessToken=6)
+        setup_oidc_integration(gk, oidc, "acme", client_access=True, token_export="once")
+        grant_id, first_refresh_token = connect_exported(gk, oidc, "acme", "u1", "alice")
+        trust(gk, app_issuer)
+        time.sleep(4.5)  # less than half the token's life left: the vault must refresh first
+        before = oidc.stats()["token"]["refresh_token"]
+        jwt = app_issuer.sign("u1")
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: exchange(gk, jwt, origin=app_issuer.origin), range(8)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert len({a.json()["access_token"] for a in answers}) == 1
+        assert oidc.stats()["token"]["refresh_token"] == before + 1
+        assert answers[0].json()["expires_in"] > 3
+        token = answers[0].json()["access_token"]
+        info = httpx.get(oidc.userinfo_endpoint, headers={"Authorization": f"Bearer {token}"})
+        assert info.json()["sub"] == "alice"
+        with gk.client() as c:
+            assert c.get(f"/v1/grants/{grant_id}").json()["status"] == "active"
+        assert all("refresh_token" not in a.text and first_refresh_token not in a.text for a in answers)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_exchanges_are_rate_limited_per_user(tmp_path: Any, backend: str, oidc: OidcServer, app_issuer: AppIssuer) -> None:
+    from tests.support.gk import running_server
+
+    with running_server(backend, tmp_path, GRANTKEEPER_EXCHANGE_RATE_PER_SECOND="0.01", GRANTKEEPER_EXCHANGE_RATE_BURST="2") as gk:
+        oidc.set_ttl(AccessToken=3600)
+        setup_oidc_integration(gk, oidc, "acme", client_access=True)
+        from tests.support.flows import connect_grant
+
+        connect_grant(gk, oidc, "acme", "u1")
+        trust(gk, app_issuer)
+        codes = [exchange(gk, app_issuer.sign("u1"), origin=app_issuer.origin) for _ in range(3)]
+        assert [c.status_code for c in codes] == [200, 200, 429]
+        assert codes[2].json()["error"] == "slow_down" and int(codes[2].headers["retry-after"]) >= 1
+        assert codes[2].headers["access-control-allow-origin"] == app_issuer.origin
+        # another user has a budget of their own
+        assert exchange(gk, app_issuer.sign("u2"), origin=app_issuer.origin).json()["error"] == "invalid_grant"

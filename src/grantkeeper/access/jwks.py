@@ -53,13 +53,13 @@ class JwksCache:
     async def get(self, uri: str, *, kid: str | None) -> dict[str, Any]:
         """The JWKS document for ``uri``; refetched when stale, or once when ``kid`` is unknown."""
         entry = self._entries.get(uri)
-        now = time.monotonic()
+        now = self._now()
         if entry is not None and self._fits(entry, now, kid):
             return entry.doc
         lock = self._locks.setdefault(uri, asyncio.Lock())
         async with lock:
             entry = self._entries.get(uri)  # another caller may have fetched meanwhile
-            now = time.monotonic()
+            now = self._now()
             if entry is not None and self._fits(entry, now, kid):
                 return entry.doc
             if (
@@ -72,8 +72,11 @@ class JwksCache:
             kids = frozenset(
                 str(k["kid"]) for k in doc.get("keys", []) if isinstance(k, dict) and "kid" in k
             )
-            self._entries[uri] = _Entry(doc, time.monotonic(), kids)
+            self._entries[uri] = _Entry(doc, self._now(), kids)
             return doc
+
+    def _now(self) -> float:
+        return time.monotonic()
 
     def _fits(self, entry: _Entry, now: float, kid: str | None) -> bool:
         fresh = now - entry.fetched_at < self._ttl

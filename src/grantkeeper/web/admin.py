@@ -472,6 +472,7 @@ def _integration_values(form: FormData) -> dict[str, str]:
     )  # fmt: skip
     values = {n: _text(form, n, 20_000) for n in names}
     values["connect_page"] = "1" if form.get("connect_page") else ""
+    values["client_access"] = "1" if form.get("client_access") else ""
     return values
 
 
@@ -495,6 +496,7 @@ def _record_values(rec: IntegrationRecord) -> dict[str, str]:
         "token_endpoint_auth_method": ep.get("token_endpoint_auth_method", ""),
         "token_export": rec.token_export,
         "connect_page": "1" if rec.connect_page else "",
+        "client_access": "1" if rec.client_access else "",
     }
 
 
@@ -526,6 +528,7 @@ def _integration_input(form: FormData) -> IntegrationInput:
             "endpoints": endpoints,
             "token_export": v["token_export"] or "never",
             "connect_page": bool(v["connect_page"]),
+            "client_access": bool(v["client_access"]),
         }
     )
 
