@@ -387,3 +387,35 @@ def test_exchanges_are_rate_limited_per_user(tmp_path: Any, backend: str, oidc: 
         assert codes[2].headers["access-control-allow-origin"] == app_issuer.origin
         # another user has a budget of their own
         assert exchange(gk, app_issuer.sign("u2"), origin=app_issuer.origin).json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_every_token_kind_goes_through_the_exchange(gk: Server, oidc: OidcServer, app_issuer: AppIssuer) -> None:
+    """A client-credentials grant is minted like /token mints it; a basic grant has no access token."""
+    data = oidc.register_client_metadata(
+        [], token_endpoint_auth_method="client_secret_basic", grant_types=["client_credentials"], response_types=[]
+    )
+    with gk.client() as c:
+        r = c.put("/v1/integrations/svc", json={
+            "provider": "client_credentials", "endpoints": {"token_url": oidc.token_endpoint},
+            "scopes": ["api:read"], "api_base_url": oidc.api_base_url,
+            "client_id": data["client_id"], "client_secret": data["client_secret"], "client_access": True,
+        })
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/grants", json={"integration_id": "svc", "user_id": "u1", "credentials": {}, "verify": True})
+        assert r.status_code == 201, r.text
+        r = c.put("/v1/integrations/pw", json={"provider": "basic", "api_base_url": oidc.api_base_url, "client_access": True})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/grants", json={"integration_id": "pw", "user_id": "u1",
+                                       "credentials": {"username": "u", "password": "secret-pw-1"}, "verify": False})
+        assert r.status_code == 201, r.text
+    trust(gk, app_issuer)
+    r = exchange(gk, app_issuer.sign("u1"), "svc", origin=app_issuer.origin)
+    assert r.status_code == 200, r.text
+    assert r.json()["scope"] == "api:read"
+    who = httpx.get(oidc.api_base_url + "/whoami", headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+    assert who.json()["account"] == f"client:{data['client_id']}"
+    assert exchange(gk, app_issuer.sign("u2"), "svc", origin=app_issuer.origin).json()["error"] == "invalid_grant"
+    r = exchange(gk, app_issuer.sign("u1"), "pw", origin=app_issuer.origin)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_target")
+    assert "secret-pw-1" not in r.text

@@ -4,8 +4,9 @@
 The subject (a trusted issuer's JWT or an end-user token) names the user; ``audience``
 names the integration. Only that user's own grants are reachable, ``scope`` may only
 ask for what the grant holds (RFC 8693 5: downscoping only), and the answer is the
-provider access token, refreshed first exactly as ``POST /v1/grants/{id}/token`` does
-(``refresh.engine.ensure_fresh``: single flight, ``min_ttl``). Never a refresh token.
+provider access token, refreshed (or, for client-credentials and JWT-bearer grants, minted)
+first exactly as ``POST /v1/grants/{id}/token`` does (``has_access_token``, then
+``refresh.engine.ensure_fresh``: single flight, ``min_ttl``). Never a refresh token.
 
 Two callers:
 
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl
 from grantkeeper import audit
 from grantkeeper.access.subjects import ACCESS_TOKEN_TYPE, JWT_TYPE, Subject, verify_subject_token
 from grantkeeper.apikeys import Principal, authenticate
+from grantkeeper.credential_grants import has_access_token
 from grantkeeper.errors import (
     Conflict,
     Forbidden,
@@ -267,6 +269,11 @@ async def exchange(
         raise TokenExchangeError("invalid_grant", why)
     if req.scope is not None and not set(req.scope) <= set(rec.scopes):
         raise TokenExchangeError("invalid_scope", "the grant does not hold the requested scope")
+    if not has_access_token(rt, rec):
+        # api_key, basic, oauth1: nothing a token exchange can hand out (like /token's 409)
+        raise TokenExchangeError(
+            "invalid_target", "this integration's grants hold credentials, not an access token"
+        )
     rec = await _fresh(rt, rec)
     token = issued(rt, rec)
     now = rt.clock.now()
