@@ -38,7 +38,7 @@ PG = os.environ.get("GK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 WRK_LUA = Path(__file__).with_name("token.lua")
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "docs" / "benchmarks.json"
-SECTIONS = ("read", "scale", "storm", "proactive", "memory", "crypto")
+SECTIONS = ("read", "scale", "storm", "proactive", "memory", "crypto", "kms")
 TOKEN_LEN = 1000  # a typical JWT-sized access token
 
 
@@ -143,12 +143,14 @@ def seed(
     expires_at: float,
     due_at: float | None,
     last_refreshed: float | None = None,
+    vault: Any = None,
 ) -> list[str]:
-    """Insert ``n`` pre-sealed grants with COPY; returns their ids."""
+    """Insert ``n`` pre-sealed grants with COPY; returns their ids (sealed by ``vault``, by
+    default one of the local ``keys`` in format v1)."""
     from grantkeeper.grants import token_aad
     from grantkeeper.vault import Keyring, Vault
 
-    vault = Vault(Keyring.parse(keys))
+    vault = vault or Vault(Keyring.parse(keys))
     now = time.time()
     token = secrets.token_urlsafe(TOKEN_LEN)[:TOKEN_LEN]
     ids: list[str] = []
@@ -695,6 +697,80 @@ def bench_crypto(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
     log(f"crypto: {results['crypto']}")
 
 
+def unsealed_vault(db: Db, keys: str) -> Any:
+    """The vault a server with ``keys`` unseals from ``db`` (its keyring, format v2)."""
+    from grantkeeper.runtime import unseal
+    from grantkeeper.store.db import create_engine
+
+    async def go() -> Any:
+        settings = settings_for(db, keys)
+        engine = create_engine(settings)
+        try:
+            return (await unseal(settings, engine)).vault
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def start_moto(tmp: Path) -> tuple[Proc, dict[str, str], str]:
+    """A real KMS endpoint on loopback (moto in server mode) and a key in it: (proc, env, ARN)."""
+    import boto3
+
+    port = free_port()
+    exe = str(Path(PY).with_name("moto_server"))
+    p = Proc([exe, "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), tmp / "moto.log")
+    endpoint = f"http://127.0.0.1:{port}"
+    _wait_http(endpoint + "/moto-api/", p.p)
+    env = {
+        "AWS_ENDPOINT_URL_KMS": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+    }
+    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench")
+    arn = kms.create_key(KeySpec="SYMMETRIC_DEFAULT")["KeyMetadata"]["Arn"]
+    return p, env, str(arn)
+
+
+def bench_kms(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
+    """Token reads with an AWS KMS root vs a local root (both format v2 under a keyring):
+    the keyring is in memory, so a read never calls the KMS; with the KMS stopped
+    (SIGSTOP) mid-run the reads go on."""
+    moto, aws_env, arn = start_moto(tmp)
+    os.environ.update(aws_env)  # for this process's unseal (seeding) as well
+    n = 10_000 if plan.quick else 100_000
+    out: dict[str, Any] = {"grants": n}
+    try:
+        for label, keys in (("local", master_key("l1")), ("aws_kms", f"k1:aws-kms:{arn}")):
+            with bench_db(f"kms_{label}") as db:
+                env_id, admin = bootstrap(db, keys)
+                far = time.time() + 30 * 86400
+                vault = unsealed_vault(db, keys)
+                ids = seed(db, keys, env_id, n, expires_at=far, due_at=far - 300, vault=vault)
+                tokens, tbase = start_token_endpoint(tmp)
+                gk, base = start_gk(db, keys, tmp, **aws_env)
+                try:
+                    put_integration(base, admin, tbase)
+                    path = write_ids(ids, tmp, f"ids-kms-{label}.txt")
+                    wrk(base, path, admin, conns=64, seconds=3)
+                    runs = [wrk(base, path, admin, conns=64, seconds=plan.seconds) for _ in range(plan.rounds)]
+                    out[label] = median_of(runs)
+                    if label == "aws_kms":
+                        moto.p.send_signal(signal.SIGSTOP)
+                        try:
+                            out["aws_kms_stopped"] = median_of([wrk(base, path, admin, conns=64, seconds=plan.seconds)])
+                        finally:
+                            moto.p.send_signal(signal.SIGCONT)
+                    log(f"kms {label}: {out[label]}")
+                finally:
+                    gk.stop()
+                    tokens.stop()
+    finally:
+        moto.stop()
+    results["kms"] = out
+
+
 def new_ring_spec(ring: Any) -> str:
     return ",".join(f"{k}:{base64.b64encode(m).decode()}" for k, m in ring.keys)
 
@@ -778,6 +854,8 @@ def main() -> None:
             bench_proactive(plan, tmp, results)
         if plan.wants("crypto"):
             bench_crypto(plan, tmp, results)
+        if plan.wants("kms"):
+            bench_kms(plan, tmp, results)
     if not plan.only:
         results["suite_s"] = round(time.monotonic() - t_all)
         results.pop("notes_run", None)

@@ -125,6 +125,15 @@ def render(r: dict[str, Any]) -> str:
             f"| `./bench/run --only crypto` | {cr['rotation_rewrapped']:,} re-wrapped in "
             f"{cr['rotation_s']} s: **{cr['rotation_grants_per_s']:,} grants/s** | |"
         )
+    km = r.get("kms")
+    if km and "local" in km and "aws_kms" in km:
+        stopped = km.get("aws_kms_stopped", {})
+        out.append(
+            f"| 7 | token reads of {km['grants']:,} grants: AWS KMS root vs local root (keyring in "
+            f"memory) | `./bench/run --only kms` | local **{km['local'].get('rps', '?')}/s**, "
+            f"AWS KMS **{km['aws_kms'].get('rps', '?')}/s**, KMS stopped "
+            f"{stopped.get('rps', '?')}/s | reads never call the KMS |"
+        )
     if mem:
         out += [
             "",
