@@ -402,17 +402,6 @@ async def prepare(
             registration_access_token=None,
             registration_client_uri=None,
         )
-    if d.server.client_id_metadata_document_supported:
-        return McpSetup(
-            discovery=d,
-            registration="cimd",
-            client_id=client_metadata_url(rt.settings),
-            client_secret=None,
-            reuse_secrets=False,
-            auth_method="none",
-            registration_access_token=None,
-            registration_client_uri=None,
-        )
     kept = _reusable(existing, d)
     if kept == "dcr" and existing is not None:
         endpoints: Mapping[str, str] = existing.endpoints or {}
@@ -425,6 +414,17 @@ async def prepare(
             auth_method=endpoints.get("token_endpoint_auth_method", "client_secret_basic"),
             registration_access_token=None,
             registration_client_uri=(existing.mcp or {}).get("registration_client_uri"),
+        )
+    if d.server.client_id_metadata_document_supported:
+        return McpSetup(
+            discovery=d,
+            registration="cimd",
+            client_id=client_metadata_url(rt.settings),
+            client_secret=None,
+            reuse_secrets=False,
+            auth_method="none",
+            registration_access_token=None,
+            registration_client_uri=None,
         )
     if d.server.registration_endpoint is None:
         raise ClientRegistrationUnavailable(
