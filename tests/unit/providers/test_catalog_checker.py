@@ -39,13 +39,16 @@ NOT_A_PROVIDER_SOURCE = (
 )
 
 
-def endpoint_signature(spec: ProviderSpec) -> tuple[str | None, ...] | None:
+def endpoint_signature(spec: ProviderSpec) -> tuple[object, ...] | None:
     """What makes two entries the same integration target; None for the generic entries."""
     server = getattr(spec, "mcp_server_url", None)
     urls = (*(getattr(spec, field) for field in TEMPLATED_FIELDS), server)
     if not any(urls):
         return None
-    return (spec.auth_mode, spec.authorization_url, spec.token_url, spec.api_base_url, server)
+    # A templated host means nothing without the values it may take (Mailgun's and Datadog's
+    # https://{host} are different services), so the settings' patterns are part of it.
+    patterns = tuple(sorted((setting.name, setting.pattern) for setting in spec.settings))
+    return (spec.auth_mode, spec.authorization_url, spec.token_url, spec.api_base_url, server, *patterns)
 
 
 # -- scopes --------------------------------------------------------------------------------------
