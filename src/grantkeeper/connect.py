@@ -11,7 +11,10 @@ user is ever sent to the provider.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper import audit
@@ -26,6 +30,7 @@ from grantkeeper.apikeys import Principal
 from grantkeeper.clock import iso
 from grantkeeper.errors import (
     CodeExchangeFailed,
+    Conflict,
     InvalidIdToken,
     InvalidInput,
     InvalidState,
@@ -43,13 +48,18 @@ from grantkeeper.oauth.idtoken import validate_id_token
 from grantkeeper.oauth.rfc7636 import new_verifier, s256_challenge
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
 from grantkeeper.oauth.userinfo import fetch_userinfo
+from grantkeeper.providers import ProviderSpec
 from grantkeeper.providers.quirks import apply_token_response, resolve_account_id
 from grantkeeper.returnurls import require_allowed
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import connect as store
 from grantkeeper.store import grants as grant_store
 from grantkeeper.store.db import reading
-from grantkeeper.store.records import ConnectSessionRecord, IntegrationRecord
+from grantkeeper.store.records import (
+    ConnectSessionRecord,
+    GrantRecord,
+    IntegrationRecord,
+)
 from grantkeeper.vault import aad_for
 
 __all__ = [
@@ -63,6 +73,8 @@ __all__ = [
     "session_view",
     "with_query",
 ]
+
+log = logging.getLogger(__name__)
 
 _ERROR_CODE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -79,8 +91,18 @@ def with_query(url: str, params: dict[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def session_view(rec: ConnectSessionRecord) -> dict[str, Any]:
+#: a callback still "exchanging" this long after the session expired was interrupted
+#: (its process died mid-way): it can never complete
+_EXCHANGE_GRACE = 300.0
+
+
+def session_view(rec: ConnectSessionRecord, now: float | None = None) -> dict[str, Any]:
     status = rec.status if rec.status in ("completed", "failed") else "pending"
+    error = rec.error
+    if status == "pending" and now is not None and now > rec.expires_at + _EXCHANGE_GRACE:
+        # never pending forever: an expired link or an interrupted callback has failed
+        status = "failed"
+        error = error or ("interrupted" if rec.status == "exchanging" else "expired")
     view: dict[str, Any] = {
         "id": rec.id,
         "integration_id": rec.integration_id,
@@ -91,8 +113,8 @@ def session_view(rec: ConnectSessionRecord) -> dict[str, Any]:
     }
     if rec.grant_id:
         view["grant_id"] = rec.grant_id
-    if rec.error:
-        view["error"] = rec.error
+    if error:
+        view["error"] = error
     return view
 
 
@@ -419,12 +441,89 @@ async def _complete_claimed(
         )
         return _error_redirect(sess, "provider_unavailable")
 
-    claims = await _id_claims(rt, resolved, sess, tokens)
-    userinfo = None
-    if spec.account_id.source == "userinfo" and resolved.userinfo_url:
-        userinfo = await fetch_userinfo(rt, resolved.userinfo_url, tokens.access_token)
+    # the code is redeemed: from here on a failure must end the session with an error
+    # (never leave it pending), and a lost race must not lose the tokens
+    try:
+        claims = await _id_claims(rt, resolved, sess, tokens)
+        userinfo = None
+        if spec.account_id.source == "userinfo" and resolved.userinfo_url:
+            userinfo = await fetch_userinfo(rt, resolved.userinfo_url, tokens.access_token)
+    except ProviderUnavailable:
+        log.warning(
+            "connect session %s: the provider became unreachable after the code was redeemed; "
+            "the tokens were not stored",
+            sess.id,
+        )
+        await _fail(
+            rt,
+            sess,
+            "provider_unavailable",
+            "the provider could not be reached after the code exchange; connect again",
+        )
+        return _error_redirect(sess, "provider_unavailable")
     account_id = resolve_account_id(spec, tokens.raw, claims, userinfo) or ""
     requested = tuple(sess.scopes) if sess.scopes is not None else tuple(integ.scopes)
+    try:
+        grant = await _save_connected(
+            rt, sess, integ, spec, tokens, claims, account_id[:255], requested
+        )
+    except Exception as exc:
+        # the type only: driver messages can echo statement parameters
+        log.warning(
+            "connect session %s: storing the redeemed tokens failed (%s)",
+            sess.id,
+            type(exc).__name__,
+        )
+        with contextlib.suppress(Exception):
+            await _fail(rt, sess, "server_error", "storing the connection failed; connect again")
+        return _error_redirect(sess, "server_error")
+    return CallbackOutcome(
+        redirect_to=with_query(
+            sess.return_to,
+            {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
+        ),
+        session_id=sess.id,
+        grant_id=grant.id,
+    )
+
+
+#: attempts at storing a connection that lost a race (same account connected at once,
+#: or a refresh of the grant committed meanwhile); each re-reads the grant
+_SAVE_ATTEMPTS = 5
+
+
+async def _save_connected(
+    rt: Runtime,
+    sess: ConnectSessionRecord,
+    integ: IntegrationRecord,
+    spec: ProviderSpec,
+    tokens: TokenSet,
+    claims: dict[str, Any] | None,
+    account_id: str,
+    requested: tuple[str, ...],
+) -> GrantRecord:
+    for attempt in range(_SAVE_ATTEMPTS):
+        try:
+            return await _save_once(rt, sess, integ, spec, tokens, claims, account_id, requested)
+        except (IntegrityError, Conflict):
+            # another connect of the same account inserted the grant first, or a refresh
+            # wrote a newer generation: the next attempt finds it and updates it
+            if attempt == _SAVE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _save_once(
+    rt: Runtime,
+    sess: ConnectSessionRecord,
+    integ: IntegrationRecord,
+    spec: ProviderSpec,
+    tokens: TokenSet,
+    claims: dict[str, Any] | None,
+    account_id: str,
+    requested: tuple[str, ...],
+) -> GrantRecord:
     now = rt.clock.now()
     async with rt.engine.begin() as conn:
         grant, _event = await save_connected(
@@ -434,7 +533,7 @@ async def _complete_claimed(
             environment_id=sess.environment_id,
             integration_id=sess.integration_id,
             user_id=sess.user_id,
-            provider_account_id=account_id[:255],
+            provider_account_id=account_id,
             tokens=tokens,
             requested_scopes=requested or None,
             id_token_exp=float(claims["exp"]) if claims and "exp" in claims else None,
@@ -467,14 +566,7 @@ async def _complete_claimed(
                 export_status="available",
             )
         await store.update_session(conn, sess.id, update)
-    return CallbackOutcome(
-        redirect_to=with_query(
-            sess.return_to,
-            {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
-        ),
-        session_id=sess.id,
-        grant_id=grant.id,
-    )
+    return grant
 
 
 async def _id_claims(

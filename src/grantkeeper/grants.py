@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper import audit, events
 from grantkeeper.clock import iso
-from grantkeeper.errors import NotFound
+from grantkeeper.errors import Conflict, NotFound
 from grantkeeper.oauth.tokens import TokenSet
 from grantkeeper.providers import ProviderSpec
 from grantkeeper.providers.catalog import MINTING_MODES
@@ -269,7 +269,7 @@ async def save_connected(
         # fenced: a concurrent refresh that wrote a newer generation makes this fail loudly
         ok = await store.update_fenced(conn, environment_id, old.id, old.version, values)
         if not ok:
-            raise NotFound("the grant changed while connecting; retry")
+            raise Conflict("the grant changed while connecting; retry")
         event = "grant.recovered" if old.status in ("invalid", "revoked") else "grant.updated"
         grant_id = old.id
     else:

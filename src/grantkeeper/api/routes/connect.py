@@ -27,7 +27,7 @@ async def get_session(rt: RuntimeDep, principal: PrincipalDep, session_id: str) 
     principal.require("connect")
     async with reading(rt.engine) as conn:
         rec = await connect.get_session(conn, principal, session_id)
-    return connect.session_view(rec)
+    return connect.session_view(rec, rt.clock.now())
 
 
 @router.post("/v1/connect/sessions/{session_id}/tokens")
