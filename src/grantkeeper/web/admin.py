@@ -38,6 +38,7 @@ from grantkeeper.inputs import (
     IntegrationInput,
 )
 from grantkeeper.integrations import put_integration
+from grantkeeper.returnurls import validate_return_url
 from grantkeeper.revocation import delete_grant
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import audit as audit_store
@@ -500,37 +501,116 @@ def _record_values(rec: IntegrationRecord) -> dict[str, str]:
     }
 
 
-def _integration_input(form: FormData) -> IntegrationInput:
+class _FormInvalid(Exception):
+    """Every problem of a submitted form at once, by field name (``form``: the whole form)."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("the form has errors")
+        self.errors = errors
+
+
+#: the form's labels, for the summary above the form
+_FIELD_LABELS = {
+    "id": "Integration id",
+    "provider": "Provider",
+    "display_name": "Display name",
+    "client_id": "Client id",
+    "client_secret": "Client secret",
+    "scopes": "Scopes",
+    "return_urls": "Return URLs",
+    "issuer": "Issuer",
+    "api_base_url": "API base URL",
+    "authorization_url": "Authorization URL",
+    "token_url": "Token URL",
+    "revocation_url": "Revocation URL",
+    "userinfo_url": "Userinfo URL",
+    "token_endpoint_auth_method": "Token endpoint authentication",
+    "authorization_params": "Extra authorization parameters",
+    "settings": "Provider settings",
+    "token_export": "Token export",
+    "client_access": "Client access",
+}
+
+
+def _collect(errors: dict[str, list[str]], exc: ValidationError) -> None:
+    """Pydantic's errors filed under the form field they belong to (first one per field)."""
+    for e in exc.errors()[:40]:
+        loc = [str(p) for p in e.get("loc", ()) if not isinstance(p, int)]
+        if loc[:1] == ["endpoints"]:
+            loc = loc[1:]
+        field = loc[0] if loc and loc[0] in _FIELD_LABELS else "form"
+        too_short = (
+            e.get("type") in ("string_too_short", "too_short")
+            and (e.get("ctx") or {}).get("min_length") == 1
+        )
+        # the message only, never the input: it may be a secret
+        message = (
+            "required" if too_short or e.get("type") == "missing" else str(e.get("msg", "invalid"))
+        )
+        if field not in errors:
+            errors[field] = [message[:300]]
+
+
+def _integration_input(form: FormData, *, allow_private: bool) -> IntegrationInput:
+    """The API body the form stands for, or ``_FormInvalid`` with every problem at once."""
     v = _integration_values(form)
+    errors: dict[str, list[str]] = {}
+    if not v["provider"]:
+        errors["provider"] = ["choose a provider"]
+    for url in _lines(v["return_urls"]):
+        try:
+            validate_return_url(url, allow_private=allow_private)
+        except InvalidInput as exc:
+            errors["return_urls"] = [exc.detail]
+            break
+    pairs: dict[str, dict[str, str]] = {}
+    for name, what in (
+        ("authorization_params", "Authorization parameters"),
+        ("settings", "Provider settings"),
+    ):
+        try:
+            pairs[name] = _pairs(v[name], what)
+        except InvalidInput:
+            errors[name] = ["write one name=value per line"]
+            pairs[name] = {}
     endpoint_fields = ("authorization_url", "token_url", "revocation_url", "userinfo_url")
     endpoints = None
     if any(v[f] for f in endpoint_fields) or v["token_endpoint_auth_method"]:
-        endpoints = EndpointsInput.model_validate(
+        try:
+            endpoints = EndpointsInput.model_validate(
+                {
+                    **{f: v[f] or None for f in endpoint_fields},
+                    "token_endpoint_auth_method": v["token_endpoint_auth_method"] or None,
+                }
+            )
+        except ValidationError as exc:
+            _collect(errors, exc)
+    secret = form.get("client_secret")
+    try:
+        body = IntegrationInput.model_validate(
             {
-                **{f: v[f] or None for f in endpoint_fields},
-                "token_endpoint_auth_method": v["token_endpoint_auth_method"] or None,
+                "provider": v["provider"],
+                "display_name": v["display_name"] or None,
+                "client_id": v["client_id"],
+                # write-only: an empty field keeps the stored secret
+                "client_secret": secret if isinstance(secret, str) and secret else None,
+                "scopes": [s for s in re.split(r"[\s,]+", v["scopes"]) if s],
+                "return_urls": _lines(v["return_urls"]),
+                "issuer": v["issuer"] or None,
+                "api_base_url": v["api_base_url"] or None,
+                "authorization_params": pairs["authorization_params"],
+                "settings": pairs["settings"],
+                "endpoints": endpoints,
+                "token_export": v["token_export"] or "never",
+                "connect_page": bool(v["connect_page"]),
+                "client_access": bool(v["client_access"]),
             }
         )
-    secret = form.get("client_secret")
-    return IntegrationInput.model_validate(
-        {
-            "provider": v["provider"],
-            "display_name": v["display_name"] or None,
-            "client_id": v["client_id"],
-            # write-only: an empty field keeps the stored secret
-            "client_secret": secret if isinstance(secret, str) and secret else None,
-            "scopes": [s for s in re.split(r"[\s,]+", v["scopes"]) if s],
-            "return_urls": _lines(v["return_urls"]),
-            "issuer": v["issuer"] or None,
-            "api_base_url": v["api_base_url"] or None,
-            "authorization_params": _pairs(v["authorization_params"], "Authorization parameters"),
-            "settings": _pairs(v["settings"], "Provider settings"),
-            "endpoints": endpoints,
-            "token_export": v["token_export"] or "never",
-            "connect_page": bool(v["connect_page"]),
-            "client_access": bool(v["client_access"]),
-        }
-    )
+    except ValidationError as exc:
+        _collect(errors, exc)
+    if errors:
+        raise _FormInvalid(errors)
+    return body
 
 
 def _validation_messages(exc: ValidationError) -> list[str]:
@@ -542,18 +622,30 @@ def _validation_messages(exc: ValidationError) -> list[str]:
     return out
 
 
+def _summary(errors: dict[str, list[str]]) -> list[str]:
+    """The lines of the box above the form (each field's message is also beside the field)."""
+    order = list(_FIELD_LABELS)
+    return [
+        f"{_FIELD_LABELS[name]}: {m}" if name in _FIELD_LABELS else m
+        for name, messages in sorted(
+            errors.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1
+        )
+        for m in messages
+    ]
+
+
 def _integration_form(
     ui: Ui,
     *,
     creating: bool,
     values: dict[str, str],
     secret_set: bool,
-    errors: list[str],
+    errors: dict[str, list[str]],
     status: int = 200,
 ) -> Response:
     providers = sorted(
         (s for s in ui.rt.catalog.all() if s.auth_mode in ("oauth2", "oidc")),
-        key=lambda s: (not s.is_generic, s.display_name.casefold()),
+        key=lambda s: s.display_name.casefold(),
     )
     return _page(
         ui,
@@ -563,8 +655,10 @@ def _integration_form(
         creating=creating,
         v=values,
         secret_set=secret_set,
-        errors=errors,
-        providers=providers,
+        errors=_summary(errors),
+        field_errors=errors,
+        generic_providers=[s for s in providers if s.is_generic],
+        providers=[s for s in providers if not s.is_generic],
         callback_url=ui.rt.settings.callback_url,
         pattern=INTEGRATION_ID,
     )
@@ -590,28 +684,22 @@ async def integrations_page(request: Request) -> Response:
 @router.get("/integrations/new")
 async def new_integration_page(request: Request) -> Response:
     ui = await _signed_in(request)
-    values = {"provider": "oidc", "token_export": "never"}
-    return _integration_form(ui, creating=True, values=values, secret_set=False, errors=[])
+    # no provider preselected: the admin picks one (its default scopes are filled in then)
+    values = {"provider": "", "token_export": "never"}
+    return _integration_form(ui, creating=True, values=values, secret_set=False, errors={})
 
 
 @router.post("/integrations/new")
 async def create_integration(request: Request) -> Response:
     ui = await _signed_in(request)
     form = await _form(request, ui)
-    values = _integration_values(form)
-    integration_id = values["id"]
+    integration_id = _integration_values(form)["id"]
+    id_errors = {}
     if not _INTEGRATION_ID.fullmatch(integration_id):
-        return _integration_form(
-            ui,
-            creating=True,
-            values=values,
-            secret_set=False,
-            errors=[
-                "id: use lowercase letters, digits, '-' and '_' (up to 63, starting with a letter or digit)"
-            ],
-            status=422,
-        )
-    return await _save_integration(ui, form, integration_id, creating=True)
+        id_errors["id"] = [
+            "use lowercase letters, digits, '-' and '_' (up to 63, starting with a letter or digit)"
+        ]
+    return await _save_integration(ui, form, integration_id, creating=True, id_errors=id_errors)
 
 
 @router.get("/integrations/{integration_id}")
@@ -630,7 +718,7 @@ async def edit_integration_page(request: Request, integration_id: str) -> Respon
         creating=False,
         values=_record_values(rec),
         secret_set=rec.client_secret_ct is not None,
-        errors=[],
+        errors={},
     )
 
 
@@ -645,14 +733,25 @@ async def update_integration(request: Request, integration_id: str) -> Response:
 
 
 async def _save_integration(
-    ui: Ui, form: FormData, integration_id: str, *, creating: bool
+    ui: Ui,
+    form: FormData,
+    integration_id: str,
+    *,
+    creating: bool,
+    id_errors: dict[str, list[str]] | None = None,
 ) -> Response:
     p = ui.principal
     values = _integration_values(form)
     values["id"] = integration_id
     secret_set = False
+    errors: dict[str, list[str]] = dict(id_errors or {})
     try:
-        body = _integration_input(form)
+        try:
+            body = _integration_input(form, allow_private=ui.rt.settings.allow_private_networks)
+        except _FormInvalid as exc:
+            errors.update(exc.errors)
+        if errors:
+            raise _FormInvalid(errors)  # every problem at once, the id's included
         p.require_integration(integration_id)
         async with ui.rt.engine.begin() as conn:
             existing = await integ_store.get(conn, p.environment_id, integration_id)
@@ -673,14 +772,17 @@ async def _save_integration(
                 integration_id=integration_id,
                 client_secret_changed=body.client_secret is not None,
             )
-    except ValidationError as exc:
-        errors = _validation_messages(exc)
+    except _FormInvalid:
+        pass
     except NotFound:
         raise
     except GrantkeeperError as exc:
         if exc.status >= 500:
             raise
-        errors = [exc.detail]
+        field = exc.extra.get("field")
+        errors = {
+            field if isinstance(field, str) and field in _FIELD_LABELS else "form": [exc.detail]
+        }
     else:
         notice = "integration-created" if created else "integration-updated"
         return _redirect(f"/ui/integrations?{urlencode({'notice': notice})}")
