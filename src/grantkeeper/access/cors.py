@@ -75,8 +75,9 @@ class EndUserCors:
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
+                vary = [v for k, v in message.get("headers", []) if k.lower() == b"vary"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"vary"]
-                headers.append((b"vary", b"Origin"))
+                headers.append((b"vary", b", ".join([*vary, b"Origin"])))
                 if origin is not None:
                     allowed = scope.get(SCOPE_KEY)
                     if allowed is None:
