@@ -21,7 +21,6 @@ Errors are RFC 6749 section 5.2 JSON (``TokenExchangeError``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -168,11 +167,10 @@ async def _rate_limit(rt: Runtime, subject: Subject) -> None:
     rate = rt.settings.exchange_rate_per_second
     if rate <= 0:
         return
-    digest = hashlib.sha256(f"{subject.environment_id}\0{subject.user_id}".encode()).hexdigest()
     async with rt.engine.begin() as conn:
         wait = await take(
             conn,
-            f"exchange:{digest[:48]}",
+            f"exchange:{subject.bucket}",
             now=rt.clock.now(),
             rate=rate,
             burst=rt.settings.exchange_rate_burst,

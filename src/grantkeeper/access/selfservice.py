@@ -48,7 +48,7 @@ async def my_grants(rt: Runtime, subject: Subject) -> list[dict[str, Any]]:
 
 async def start_connect(rt: Runtime, subject: Subject, body: MyConnectSession) -> dict[str, Any]:
     principal = subject.principal()
-    await ratelimit.enforce(rt, principal.key_id, "connect")
+    await ratelimit.enforce(rt, subject.bucket, "connect")
     request = CreateConnectSession(
         integration_id=body.integration_id, user_id=subject.user_id, return_to=body.return_to
     )

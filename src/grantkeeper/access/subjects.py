@@ -11,6 +11,7 @@ must hold its audience, ``exp`` and ``iat`` are required, ``nbf`` is honoured, a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ class Subject:
     @property
     def actor(self) -> str:
         return f"user:{self.user_id}"
+
+    @property
+    def bucket(self) -> str:
+        """A short, stable name for this user's rate-limit buckets (user ids may be long)."""
+        digest = hashlib.sha256(f"{self.environment_id}\0{self.user_id}".encode()).hexdigest()
+        return f"user-{digest[:40]}"
 
     def may_use_integration(self, integration_id: str) -> bool:
         return self.integration_ids is None or integration_id in self.integration_ids
