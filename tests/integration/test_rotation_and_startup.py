@@ -638,3 +638,28 @@ async def test_rotation_catches_writes_of_an_old_config_process(
     assert await count_by_key(engine, vault) == Counter()
     assert key_ids(db) == Counter({"kb": 7})
     assert open_all(db, key_b)[("integrations", "i0", "client_secret")] == b"written-late"
+
+
+@pytest.mark.anyio
+async def test_database_from_before_the_keyring_keeps_working_and_moves_to_v2(
+    seeded: tuple[Any, Vault, str, str, Database],
+) -> None:
+    """Format-v1 values sealed directly under GRANTKEEPER_MASTER_KEYS (no keyring yet) open
+    after the upgrade; `keys rotate` moves them under the keyring (v2); the derived keys
+    (audit chain, UI sessions) keep their old value."""
+    from grantkeeper.rotation import rotate_until_done
+    from grantkeeper.runtime import unseal
+
+    engine, _, key_a, _, db = seeded
+    assert {r["blob"][0] for r in stored_rows(db)} == {1}
+    settings = Settings(database_url=db.url, master_keys=key_a)  # type: ignore[arg-type]
+    keys = await unseal(settings, engine)  # creates the keyring, wrapped under ka
+    before = {k: v.decode() for k, v in open_all(db, key_a).items()}
+    assert before == {("integrations", f"i{i}", "client_secret"): f"secret-{i}" for i in range(7)}
+    assert keys.vault.derive_key(b"audit-chain") == Vault(Keyring.parse(key_a)).derive_key(b"audit-chain")
+    report = await rotate_until_done(engine, keys.vault)
+    assert report.rewrapped == 7 and report.remaining == {}
+    rows = stored_rows(db)
+    assert {r["blob"][0] for r in rows} == {2}
+    assert {r["blob"][2 : 2 + r["blob"][1]].decode() for r in rows} == {keys.vault.primary_key_id}
+    assert {k: v.decode() for k, v in open_all(db, key_a).items()} == before

@@ -296,11 +296,15 @@ class KeyManager:
 
     async def count_wraps(self, engine: AsyncEngine) -> None:
         """Add this process's wrap counts to the database; roll keys near their budget."""
-        counts = dict(self.vault.wraps)
+        counts = {k: n for k, n in self.vault.wraps.items() if n > 0}
         self.vault.wraps.subtract(counts)
         try:
-            async with engine.begin() as conn:
-                self._totals = await store.add_wraps(conn, counts)
+            if counts:
+                async with engine.begin() as conn:
+                    self._totals = await store.add_wraps(conn, counts)
+            else:  # nothing to add: no write transaction (SQLite's write lock) for nothing
+                async with reading(engine) as conn:
+                    self._totals = await store.add_wraps(conn, {})
         except Exception:
             self.vault.wraps.update(counts)  # counted next time
             raise
@@ -412,13 +416,18 @@ class KeyManager:
         return {"keyring_rewrapped": rewrapped, "new_keys": new, "activate_at": activate_at}
 
     async def retire_others(self, engine: AsyncEngine, keep: set[str]) -> list[str]:
-        """Mark every keyring key not in ``keep`` retired (kept, wrapped: nothing is lost)."""
+        """Mark every keyring key not in ``keep`` retired (kept, wrapped: nothing is lost),
+        in the rings that have a key in ``keep`` (a ring whose root was down keeps its keys)."""
         async with engine.begin() as conn:
             rows = await store.list_rows(conn)
+            rings = {r.environment_id for r in rows if r.id in keep}
             ids = [
                 r.id
                 for r in rows
-                if r.purpose == "kek" and r.retired_at is None and r.id not in keep
+                if r.purpose == "kek"
+                and r.retired_at is None
+                and r.id not in keep
+                and r.environment_id in rings
             ]
             await store.retire(conn, ids, time.time())
         return ids
