@@ -187,3 +187,29 @@ def test_master_keys_take_precedence_over_key_file(tmp_path: Path) -> None:
 def test_keyring_repr_hides_material() -> None:
     ring = Keyring.parse(f"a:{b64(32, 65)}")
     assert "AAAA" not in repr(ring) and b64(32, 65) not in repr(ring)
+
+
+def test_root_key_entries_of_every_backend_parse() -> None:
+    from grantkeeper.config import parse_root_keys
+
+    arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    roots = parse_root_keys(f"k1:aws-kms:{arn}, h1:pkcs11:token=acc;object=root, l1:{b64(32, 7)}")
+    assert [(r.id, r.backend) for r in roots] == [("k1", "aws-kms"), ("h1", "pkcs11"), ("l1", "local")]
+    assert roots[0].locator == arn and roots[1].locator == "pkcs11:token=acc;object=root"
+    assert "material" not in repr(roots[2]) and b64(32, 7) not in repr(roots)
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("k1:aws-kms:not-an-arn", "k1"),
+        ("h1:pkcs11:token=acc", "h1"),
+        ("h1:pkcs11:object=root", "h1"),
+        ("h1:pkcs11:token", "h1"),
+    ],
+)
+def test_malformed_kms_and_hsm_entries_name_the_key(raw: str, named: str) -> None:
+    from grantkeeper.config import parse_root_keys
+
+    with pytest.raises(ConfigError, match=named):
+        parse_root_keys(raw)
