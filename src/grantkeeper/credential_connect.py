@@ -10,20 +10,32 @@ kept and secrets never echoed. On success the session completes and the user goe
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from grantkeeper import audit
 from grantkeeper.connect import load_session, with_query
 from grantkeeper.credential_grants import save_credentials
-from grantkeeper.errors import InvalidState
+from grantkeeper.errors import CredentialsRejected, InvalidInput, InvalidState, ProviderUnavailable
+from grantkeeper.integrations import get_or_404
 from grantkeeper.kinds import kind_for
 from grantkeeper.kinds.config import context, kind_config
 from grantkeeper.providers.catalog import CredentialField
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import connect as session_store
+from grantkeeper.store.db import reading
 from grantkeeper.store.records import ConnectSessionRecord, IntegrationRecord
 
-__all__ = ["FORM_MODES", "CredentialForm", "form_for", "submit"]
+__all__ = [
+    "FORM_MODES",
+    "CredentialForm",
+    "complete_installation",
+    "form_for",
+    "redirect_for",
+    "submit",
+]
 
 #: kinds whose grants an end user creates by typing the credential on the Connect page
 FORM_MODES = frozenset({"api_key", "basic"})
@@ -95,6 +107,113 @@ async def submit(rt: Runtime, form: CredentialForm, values: Mapping[str, str]) -
             scopes=(),
             actor="connect",
             via="connect_form",
+        )
+        await session_store.update_session(
+            conn, sess.id, {"status": "completed", "grant_id": grant.id, "completed_at": now}
+        )
+    return with_query(
+        sess.return_to,
+        {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
+    )
+
+
+def _h(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+async def redirect_for(rt: Runtime, url_token: str) -> str | None:
+    """Where the connect URL sends the user for redirect kinds other than the code flow
+    (a GitHub App's installation page, with a fresh single-use ``state``); None otherwise."""
+    sess, integ = await load_session(rt, url_token)
+    spec = rt.catalog.get(integ.provider)
+    if spec.auth_mode != "github_app":
+        return None
+    cfg = kind_config(rt, integ)
+    if not cfg.authorization_url:
+        raise InvalidInput("the integration has no installation URL (authorization_url)")
+    state = secrets.token_urlsafe(32)
+    async with rt.engine.begin() as conn:
+        ok = False
+        for expected in ("pending", "authorizing"):
+            # revisiting the link replaces the previous state: only the newest works
+            ok = await session_store.update_session(
+                conn,
+                sess.id,
+                {"status": "authorizing", "state_hash": _h(state)},
+                expect_status=expected,
+            )
+            if ok:
+                break
+    if not ok:
+        raise InvalidState("this connect link was already used", return_to=sess.return_to)
+    return with_query(cfg.authorization_url, {"state": state})
+
+
+async def _fail(rt: Runtime, sess: ConnectSessionRecord, error: str) -> str:
+    now = rt.clock.now()
+    async with rt.engine.begin() as conn:
+        await session_store.update_session(
+            conn, sess.id, {"status": "failed", "error": error, "completed_at": now}
+        )
+        await audit.record(
+            conn,
+            environment_id=sess.environment_id,
+            actor="connect",
+            action="connect_session.failed",
+            now=now,
+            integration_id=sess.integration_id,
+            session_id=sess.id,
+            error=error,
+        )
+    return with_query(
+        sess.return_to, {"status": "error", "error": error, "connect_session_id": sess.id}
+    )
+
+
+async def complete_installation(rt: Runtime, params: Mapping[str, str]) -> str:
+    """GitHub's return to the setup URL: ``installation_id``, ``setup_action``, our ``state``.
+
+    The installation is checked against the app's installations (app JWT) and a first token
+    minted before the grant is saved. Raises ``InvalidState`` for an unknown, expired or
+    replayed state (the 400 page); provider refusals go back to the app as ``status=error``.
+    """
+    state = params.get("state") or ""
+    if not state or len(state) > 512:
+        raise InvalidState()
+    async with rt.engine.begin() as conn:
+        sess = await session_store.claim_by_state(conn, _h(state), rt.clock.now())
+    if sess is None:
+        raise InvalidState()
+    async with reading(rt.engine) as conn:
+        integ = await get_or_404(conn, sess.environment_id, sess.integration_id)
+    cfg = kind_config(rt, integ)
+    kind = kind_for(cfg.mode)
+    if cfg.mode != "github_app":
+        return await _fail(rt, sess, "invalid_request")
+    if params.get("setup_action") == "request":
+        # an organisation owner must approve the installation first
+        return await _fail(rt, sess, "installation_pending")
+    try:
+        creds = kind.parse(cfg, {"installation_id": params.get("installation_id", "")})
+        tokens = await kind.verify(context(rt), cfg, creds)
+    except (InvalidInput, CredentialsRejected):
+        return await _fail(rt, sess, "installation_rejected")
+    except ProviderUnavailable:
+        return await _fail(rt, sess, "provider_unavailable")
+    now = rt.clock.now()
+    async with rt.engine.begin() as conn:
+        grant = await save_credentials(
+            conn,
+            rt,
+            integ,
+            kind,
+            user_id=sess.user_id,
+            provider_account_id=kind.account_id(cfg, creds),
+            creds=creds,
+            tokens=tokens,
+            scopes=(),
+            actor="connect",
+            via="connect",
         )
         await session_store.update_session(
             conn, sess.id, {"status": "completed", "grant_id": grant.id, "completed_at": now}

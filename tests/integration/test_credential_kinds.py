@@ -179,7 +179,7 @@ def test_api_key_grant_lifecycle(gk_api: Server, cred_api: CredApi, how: str) ->
     with gk_api.client() as c:
         d = c.delete(f"/v1/grants/{gid}")
     assert d.status_code == 200, d.text
-    assert d.json() == {"id": gid, "status": "revoked", "provider_revocation": "unsupported"}
+    assert d.json()["status"] == "revoked" and d.json()["provider_revocation"] == "unsupported"
     gone = post(gk_api, f"/v1/grants/{gid}/credentials")
     assert gone.status_code == 409 and gone.json()["code"] == "grant_revoked"
     assert_nowhere(gk_api, [STRIPE_KEY, OTHER_KEY])

@@ -20,6 +20,7 @@ from grantkeeper.kinds.base import (
 )
 from grantkeeper.kinds.basic import Basic
 from grantkeeper.kinds.client_credentials import ClientCredentialsKind
+from grantkeeper.kinds.github_app import GitHubApp
 from grantkeeper.kinds.jwt_bearer import JwtBearer
 from grantkeeper.kinds.mcp import McpKind
 
@@ -42,6 +43,7 @@ _KINDS: dict[str, Kind] = {
     "basic": Basic(),
     "client_credentials": ClientCredentialsKind(),
     "jwt_bearer": JwtBearer(),
+    "github_app": GitHubApp(),
 }
 
 

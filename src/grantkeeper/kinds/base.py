@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import aiohttp
+import orjson
 
 from grantkeeper.errors import CredentialsRejected, InvalidInput, ProviderUnavailable
 from grantkeeper.netguard import check_url
@@ -46,6 +47,7 @@ __all__ = [
     "Stamp",
     "basic_header",
     "check_fields",
+    "http_json",
     "render_stamp",
     "run_verify_request",
 ]
@@ -170,6 +172,46 @@ def check_fields(
             raise InvalidInput(f"credentials.{f.name} ({f.label}) does not have the expected form")
         out[f.name] = value
     return out
+
+
+async def http_json(
+    ctx: KindContext,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    *,
+    data: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """One call to a provider's API: (status, JSON object body or {}).
+
+    The URL passes the network guard; transport failures, timeouts, 5xx and 429 raise
+    ``ProviderUnavailable``. Bodies are never logged.
+    """
+    check_url(url, allow_private=ctx.allow_private, what="provider URL")
+    try:
+        async with ctx.http.request(
+            method,
+            url,
+            headers=dict(headers),
+            data=dict(data) if data is not None else None,
+            timeout=aiohttp.ClientTimeout(total=ctx.timeout),
+            allow_redirects=False,
+        ) as resp:
+            status = resp.status
+            raw = await resp.content.read(1_048_576)
+    except TimeoutError:
+        raise ProviderUnavailable("the provider did not answer in time", retry_after=5) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ProviderUnavailable(
+            f"could not reach the provider ({type(exc).__name__})", retry_after=5
+        ) from None
+    if status >= 500 or status == 429:
+        raise ProviderUnavailable(f"the provider answered HTTP {status}", retry_after=5)
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        body = {}
+    return status, body if isinstance(body, dict) else {}
 
 
 async def run_verify_request(

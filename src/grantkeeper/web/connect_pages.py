@@ -149,6 +149,9 @@ async def connect_page(request: Request, url_token: str) -> Response:
         form = await credential_connect.form_for(rt, url_token)
         if form is not None:
             return _form_page(form, url_token)
+        elsewhere = await credential_connect.redirect_for(rt, url_token)
+        if elsewhere is not None:
+            return _redirect(elsewhere)
         sess, resolved = await connect.load_for_page(rt, url_token)
         integ = resolved.record
         if integ.connect_page and request.query_params.get("continue") != "1":
@@ -180,6 +183,16 @@ async def connect_page(request: Request, url_token: str) -> Response:
 @router.get("/oauth/callback")
 async def oauth_callback(request: Request) -> Response:
     rt = _rt(request)
+    if "installation_id" in request.query_params or "setup_action" in request.query_params:
+        # a GitHub App's setup URL: the installation flow, not an authorization response
+        try:
+            params = list(request.query_params.multi_items())
+            if len({k for k, _ in params}) != len(params):
+                raise InvalidState("duplicated parameters in the installation response")
+            return _redirect(await credential_connect.complete_installation(rt, dict(params)))
+        except GrantkeeperError as exc:
+            log.info("installation callback refused: %s", exc.code)
+            return _error_page(exc)
     try:
         outcome = await connect.complete(rt, list(request.query_params.multi_items()))
     except ConnectError as exc:
