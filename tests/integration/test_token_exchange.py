@@ -421,3 +421,35 @@ def test_every_token_kind_goes_through_the_exchange(gk: Server, oidc: OidcServer
     r = exchange(gk, app_issuer.sign("u1"), "pw", origin=app_issuer.origin)
     assert (r.status_code, r.json()["error"]) == (400, "invalid_target")
     assert "secret-pw-1" not in r.text
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_login_hint_picks_among_accounts_and_tokens_stay_in_their_environment(
+    gk: Server, oidc: OidcServer, app_issuer: AppIssuer
+) -> None:
+    oidc.set_ttl(AccessToken=3600)
+    setup_oidc_integration(gk, oidc, "acme", client_access=True)
+    from tests.support.flows import connect_grant
+
+    connect_grant(gk, oidc, "acme", "u5", account="alice")
+    connect_grant(gk, oidc, "acme", "u5", account="bob")
+    trust(gk, app_issuer)
+
+    def sub_of(r: httpx.Response) -> str:
+        assert r.status_code == 200, r.text
+        info = httpx.get(oidc.userinfo_endpoint, headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+        sub: str = info.json()["sub"]
+        return sub
+
+    jwt = app_issuer.sign("u5")
+    assert sub_of(exchange(gk, jwt, origin=app_issuer.origin, login_hint="alice")) == "alice"
+    assert sub_of(exchange(gk, jwt, origin=app_issuer.origin, login_hint="bob")) == "bob"
+    assert sub_of(exchange(gk, jwt, origin=app_issuer.origin)) == "bob"  # the newest grant
+    # an end-user token of this environment is nothing in another one
+    with gk.client() as c:
+        token = c.post("/v1/end-user-tokens", json={"user_id": "u5"}).json()["token"]
+    gk.cli("environments", "create", "other")
+    other = api_key(gk, "credentials:read", environment="other")
+    r = exchange(gk, token, key=other, subject_type=ACCESS)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_grant")
+    assert sub_of(exchange(gk, token, key=api_key(gk, "credentials:read"), subject_type=ACCESS, login_hint="alice")) == "alice"
