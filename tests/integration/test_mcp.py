@@ -208,6 +208,23 @@ def test_proxy_refreshes_once_on_401_and_webhooks_fire(
     assert len(refreshes(dcr_as)) - before == 1
 
 
+def test_registration_secrets_are_sealed_and_never_logged(tmp_path: Path, dcr_as: OidcServer, mcp: McpServer) -> None:
+    with running_server("sqlite", tmp_path) as server:
+        integ = put_mcp(server, "tools", mcp.url).json()
+        got = dcr_as.http.get("/__control/client-secrets", params={"client_id": integ["client_id"]}).json()
+        secrets = [got["client_secret"], *got["registration_access_tokens"]]
+        assert got["client_secret"] and got["registration_access_tokens"]
+        with server.client() as c:
+            view = c.get("/v1/integrations/tools").text
+        path = Path(server.db.url.removeprefix("sqlite+aiosqlite:///"))
+        db = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))  # WAL too
+        assert integ["client_id"].encode() in db  # the search does find what is stored
+        for secret in secrets:
+            assert secret not in view
+            assert secret.encode() not in db
+            assert secret not in server.log_text()
+
+
 def test_put_again_keeps_the_registration(gk: Server, dcr_as: OidcServer, mcp: McpServer) -> None:
     first = put_mcp(gk, "tools", mcp.url).json()
     second = put_mcp(gk, "tools", mcp.url, scopes=["mcp:tools"])

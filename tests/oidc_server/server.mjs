@@ -628,6 +628,16 @@ function installRoutes(provider) {
           ctx.body = state.tokenExtras;
           return;
         }
+        case 'GET /__control/client-secrets': {
+          // what a dynamically registered client received (tests look for it in the vault's storage)
+          const clientId = ctx.query.client_id;
+          const client = liveEntry(`Client:${clientId}`)?.payload;
+          const tokens = [...store]
+            .filter(([k, e]) => k.startsWith('RegistrationAccessToken:') && e.payload.clientId === clientId)
+            .map(([k]) => k.slice('RegistrationAccessToken:'.length));
+          ctx.body = { client_secret: client?.client_secret ?? null, registration_access_tokens: tokens };
+          return;
+        }
         case 'POST /__control/revoke-account-grants': {
           const body = await readJson(ctx);
           if (typeof body.account !== 'string') ctx.throw(400, 'account required');
