@@ -22,16 +22,19 @@ from grantkeeper.errors import CredentialsRejected, InvalidInput, InvalidState, 
 from grantkeeper.integrations import get_or_404
 from grantkeeper.kinds import kind_for
 from grantkeeper.kinds.config import context, kind_config
+from grantkeeper.kinds.oauth1 import OAuth1, TemporaryCredentials
 from grantkeeper.providers.catalog import CredentialField
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import connect as session_store
 from grantkeeper.store.db import reading
 from grantkeeper.store.records import ConnectSessionRecord, IntegrationRecord
+from grantkeeper.vault import aad_for
 
 __all__ = [
     "FORM_MODES",
     "CredentialForm",
     "complete_installation",
+    "complete_oauth1",
     "form_for",
     "redirect_for",
     "submit",
@@ -126,34 +129,103 @@ async def redirect_for(rt: Runtime, url_token: str) -> str | None:
     (a GitHub App's installation page, with a fresh single-use ``state``); None otherwise."""
     sess, integ = await load_session(rt, url_token)
     spec = rt.catalog.get(integ.provider)
-    if spec.auth_mode != "github_app":
+    if spec.auth_mode not in ("github_app", "oauth1"):
         return None
     cfg = kind_config(rt, integ)
     if not cfg.authorization_url:
-        raise InvalidInput("the integration has no installation URL (authorization_url)")
-    state = secrets.token_urlsafe(32)
+        raise InvalidInput("the integration has no authorization_url")
+    values: dict[str, object]
+    if spec.auth_mode == "oauth1":
+        # RFC 5849 2.1: temporary credentials first; their token is our state, their secret
+        # stays sealed in the session until the token request
+        kind = kind_for("oauth1")
+        assert isinstance(kind, OAuth1)
+        temp = await kind.request_token(context(rt), cfg, rt.settings.callback_url)
+        state = temp.token
+        values = {
+            "status": "authorizing",
+            "state_hash": _h(state),
+            "verifier_ct": rt.vault.seal(temp.secret, _temp_aad(sess)),
+        }
+        target = with_query(cfg.authorization_url, {"oauth_token": temp.token})
+    else:
+        state = secrets.token_urlsafe(32)
+        values = {"status": "authorizing", "state_hash": _h(state)}
+        target = with_query(cfg.authorization_url, {"state": state})
     async with rt.engine.begin() as conn:
         ok = False
         for expected in ("pending", "authorizing"):
             # revisiting the link replaces the previous state: only the newest works
-            ok = await session_store.update_session(
-                conn,
-                sess.id,
-                {"status": "authorizing", "state_hash": _h(state)},
-                expect_status=expected,
-            )
+            ok = await session_store.update_session(conn, sess.id, values, expect_status=expected)
             if ok:
                 break
     if not ok:
         raise InvalidState("this connect link was already used", return_to=sess.return_to)
-    return with_query(cfg.authorization_url, {"state": state})
+    return target
+
+
+def _temp_aad(sess: ConnectSessionRecord) -> bytes:
+    return aad_for(sess.environment_id, "connect_sessions", sess.id, "oauth1_temporary_secret")
+
+
+async def complete_oauth1(rt: Runtime, params: Mapping[str, str]) -> str:
+    """RFC 5849 2.2/2.3: back from the provider with ``oauth_token`` and ``oauth_verifier``
+    (or ``denied``); the token request with the verifier, then the grant."""
+    token = params.get("oauth_token") or params.get("denied") or ""
+    if not token or len(token) > 512:
+        raise InvalidState()
+    async with rt.engine.begin() as conn:
+        sess = await session_store.claim_by_state(conn, _h(token), rt.clock.now())
+    if sess is None:
+        raise InvalidState()
+    if "denied" in params or not params.get("oauth_verifier"):
+        return await _fail(rt, sess, "access_denied")
+    async with reading(rt.engine) as conn:
+        integ = await get_or_404(conn, sess.environment_id, sess.integration_id)
+    cfg = kind_config(rt, integ)
+    kind = kind_for(cfg.mode)
+    if not isinstance(kind, OAuth1) or sess.verifier_ct is None:
+        return await _fail(rt, sess, "invalid_request")
+    temp = TemporaryCredentials(token, rt.vault.open_str(sess.verifier_ct, _temp_aad(sess)))
+    try:
+        creds = await kind.access_token(context(rt), cfg, temp, params["oauth_verifier"][:512])
+    except CredentialsRejected:
+        return await _fail(rt, sess, "access_denied")
+    except ProviderUnavailable:
+        return await _fail(rt, sess, "provider_unavailable")
+    now = rt.clock.now()
+    async with rt.engine.begin() as conn:
+        grant = await save_credentials(
+            conn,
+            rt,
+            integ,
+            kind,
+            user_id=sess.user_id,
+            provider_account_id=kind.account_id(cfg, creds),
+            creds=creds,
+            tokens=None,
+            scopes=(),
+            actor="connect",
+            via="connect",
+        )
+        await session_store.update_session(
+            conn,
+            sess.id,
+            {"status": "completed", "grant_id": grant.id, "completed_at": now, "verifier_ct": None},
+        )
+    return with_query(
+        sess.return_to,
+        {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
+    )
 
 
 async def _fail(rt: Runtime, sess: ConnectSessionRecord, error: str) -> str:
     now = rt.clock.now()
     async with rt.engine.begin() as conn:
         await session_store.update_session(
-            conn, sess.id, {"status": "failed", "error": error, "completed_at": now}
+            conn,
+            sess.id,
+            {"status": "failed", "error": error, "completed_at": now, "verifier_ct": None},
         )
         await audit.record(
             conn,

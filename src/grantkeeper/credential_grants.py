@@ -82,11 +82,15 @@ def stamp_for(
     *,
     method: str,
     url: str,
+    body: bytes = b"",
+    content_type: str | None = None,
 ) -> Stamp:
     """How one proxied call carries this grant's credential."""
     kind = kind_for(cfg.mode)
     creds = open_credentials(rt.vault, rec) if rec.credentials_ct is not None else Credentials({})
-    return kind.stamp(cfg, creds, access_token, method=method, url=url)
+    return kind.stamp(
+        cfg, creds, access_token, method=method, url=url, body=body, content_type=content_type
+    )
 
 
 async def create_credential_grant(

@@ -23,6 +23,7 @@ from grantkeeper.kinds.client_credentials import ClientCredentialsKind
 from grantkeeper.kinds.github_app import GitHubApp
 from grantkeeper.kinds.jwt_bearer import JwtBearer
 from grantkeeper.kinds.mcp import McpKind
+from grantkeeper.kinds.oauth1 import OAuth1
 
 __all__ = [
     "Credentials",
@@ -44,6 +45,7 @@ _KINDS: dict[str, Kind] = {
     "client_credentials": ClientCredentialsKind(),
     "jwt_bearer": JwtBearer(),
     "github_app": GitHubApp(),
+    "oauth1": OAuth1(),
 }
 
 

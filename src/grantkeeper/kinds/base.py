@@ -299,8 +299,11 @@ class Kind:
         *,
         method: str = "GET",
         url: str = "",
+        body: bytes = b"",
+        content_type: str | None = None,
     ) -> Stamp:
-        """How one call to ``url`` carries the credential (``method``/``url`` for signing kinds)."""
+        """How one call to ``url`` carries the credential (``method``, ``url`` and a form
+        ``body`` for signing kinds)."""
         return render_stamp(cfg.stamp, self.mode, self.stamp_values(creds, access_token))
 
     def credentials_view(self, cfg: KindConfig, creds: Credentials) -> dict[str, Any]:

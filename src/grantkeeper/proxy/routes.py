@@ -242,8 +242,18 @@ async def _forward(
     def stamp_of(access_token: str | None, grant: GrantRecord) -> Stamp:
         if cfg is None:
             return render_stamp(upstream.stamp, "oauth2", {"access_token": access_token or ""})
-        # signing kinds (OAuth 1.0a) sign the exact upstream URL, query stamps excluded
-        return stamp_for(rt, grant, cfg, access_token, method=method, url=str(upstream.url(None)))
+        # signing kinds (OAuth 1.0a) sign the exact upstream URL and a buffered form body
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        return stamp_for(
+            rt,
+            grant,
+            cfg,
+            access_token,
+            method=method,
+            url=str(upstream.url(None)),
+            body=body.data or b"",
+            content_type=ctype or None,
+        )
 
     stamp = stamp_of(token, rec)
     url = upstream.url(stamp)

@@ -183,6 +183,17 @@ async def connect_page(request: Request, url_token: str) -> Response:
 @router.get("/oauth/callback")
 async def oauth_callback(request: Request) -> Response:
     rt = _rt(request)
+    qp = request.query_params
+    if ("oauth_token" in qp or "denied" in qp) and "state" not in qp and "code" not in qp:
+        # RFC 5849 2.2: an OAuth 1.0a provider sending the user back
+        try:
+            params = list(qp.multi_items())
+            if len({k for k, _ in params}) != len(params):
+                raise InvalidState("duplicated parameters in the authorization response")
+            return _redirect(await credential_connect.complete_oauth1(rt, dict(params)))
+        except GrantkeeperError as exc:
+            log.info("oauth1 callback refused: %s", exc.code)
+            return _error_page(exc)
     if "installation_id" in request.query_params or "setup_action" in request.query_params:
         # a GitHub App's setup URL: the installation flow, not an authorization response
         try:
