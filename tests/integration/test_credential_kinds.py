@@ -222,6 +222,17 @@ def test_basic_grant_lifecycle(gk_api: Server, cred_api: CredApi) -> None:
     assert post(gk_api, f"/v1/grants/{gid}/token").json()["code"] == "no_access_token"
     creds = post(gk_api, f"/v1/grants/{gid}/credentials")
     assert creds.json() == {"type": "basic", "username": TWILIO_SID, "password": TWILIO_TOKEN}
+    # the SDK: vault.credentials(grant_id)
+    from grantkeeper.client import Client
+
+    with Client(gk_api.base_url, gk_api.admin_key) as vault:
+        sdk = vault.credentials(gid)
+        assert sdk.type == "basic" and sdk["password"] == TWILIO_TOKEN
+        expected = base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+        assert sdk.authorization == f"Basic {expected}"
+        assert TWILIO_TOKEN not in repr(sdk)
+        keyed = vault.grants.credentials(gid)
+        assert keyed == sdk
     with gk_api.client() as c:
         proxied = c.post(f"/v1/proxy/{gid}/2010-04-01/Accounts/{TWILIO_SID}/Messages.json", data={"To": "+1"})
     assert proxied.status_code == 200, proxied.text

@@ -19,6 +19,7 @@ from ._models import (
     AuditEvent,
     ConnectSession,
     ConnectSessionStatus,
+    Credentials,
     ExportedTokens,
     Grant,
     Integration,
@@ -116,6 +117,10 @@ class AsyncClient:
             await self._http.aclose()
 
     # -- conveniences ----------------------------------------------------------
+
+    async def credentials(self, grant_id: str) -> Credentials:
+        """A grant's credentials, whatever its kind (``POST /v1/grants/{id}/credentials``)."""
+        return await self.grants.credentials(grant_id)
 
     async def token(
         self, grant_id: str, *, min_ttl: int | None = None, force_refresh: bool = False
@@ -356,6 +361,10 @@ class Grants(_Resource):
     ) -> AccessToken:
         """An access token valid for at least ``min_ttl`` seconds."""
         return await self._client._call(calls.grant_token(grant_id, min_ttl, force_refresh))
+
+    async def credentials(self, grant_id: str) -> Credentials:
+        """The grant's credentials (``type`` and the kind's fields); audited."""
+        return await self._client._call(calls.grant_credentials(grant_id))
 
     async def reconnect(self, grant_id: str, return_to: str) -> ConnectSession:
         """A connect session that re-authorizes the same user and integration."""

@@ -22,6 +22,7 @@ from ._models import (
     AuditEvent,
     ConnectSession,
     ConnectSessionStatus,
+    Credentials,
     ExportedTokens,
     Grant,
     Integration,
@@ -296,6 +297,17 @@ def grant_token(grant_id: str, min_ttl: int | None, force_refresh: bool) -> Call
         f"/v1/grants/{_seg(grant_id)}/token",
         _parser(AccessToken.from_json),
         json=body,
+        idempotent=True,
+    )
+
+
+def grant_credentials(grant_id: str) -> Call[Credentials]:
+    # Safe to retry like the token: reading credentials changes nothing but the audit trail.
+    return Call(
+        "POST",
+        f"/v1/grants/{_seg(grant_id)}/credentials",
+        _parser(Credentials.from_json),
+        json={},
         idempotent=True,
     )
 

@@ -19,6 +19,7 @@ from ._models import (
     AuditEvent,
     ConnectSession,
     ConnectSessionStatus,
+    Credentials,
     ExportedTokens,
     Grant,
     Integration,
@@ -114,6 +115,10 @@ class Client:
             self._http.close()
 
     # -- conveniences ----------------------------------------------------------
+
+    def credentials(self, grant_id: str) -> Credentials:
+        """A grant's credentials, whatever its kind (``POST /v1/grants/{id}/credentials``)."""
+        return self.grants.credentials(grant_id)
 
     def token(
         self, grant_id: str, *, min_ttl: int | None = None, force_refresh: bool = False
@@ -362,6 +367,10 @@ class Grants(_Resource):
     ) -> AccessToken:
         """An access token valid for at least ``min_ttl`` seconds."""
         return self._client._call(calls.grant_token(grant_id, min_ttl, force_refresh))
+
+    def credentials(self, grant_id: str) -> Credentials:
+        """The grant's credentials (``type`` and the kind's fields); audited."""
+        return self._client._call(calls.grant_credentials(grant_id))
 
     def reconnect(self, grant_id: str, return_to: str) -> ConnectSession:
         """A connect session that re-authorizes the same user and integration."""

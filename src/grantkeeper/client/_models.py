@@ -8,6 +8,7 @@ Secret values (tokens, webhook secrets) are left out of ``repr``.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Generic, Self, TypeVar
 __all__ = [
     "AccessToken",
     "AuditEvent",
+    "Credentials",
     "ConnectSession",
     "ConnectSessionStatus",
     "ExportedTokens",
@@ -369,6 +371,46 @@ class AccessToken:
     def authorization(self) -> str:
         """``Authorization`` header value: ``Bearer <token>``."""
         return f"Bearer {self.access_token}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A grant's credentials from ``POST /v1/grants/{id}/credentials``, whatever its kind.
+
+    ``type`` is the grant's auth mode; ``values`` the kind's fields (``api_key`` and extras;
+    ``username``/``password``; ``consumer_key``/``oauth_token``/``oauth_token_secret``; or
+    the ``/token`` fields). Never shown by ``repr``.
+    """
+
+    type: str
+    values: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            type=str(data.get("type") or ""),
+            values={k: v for k, v in data.items() if k != "type"},
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.values.get(name, default)
+
+    @property
+    def authorization(self) -> str | None:
+        """A ready ``Authorization`` value where the kind has a standard one: ``Bearer`` for
+        access tokens and API keys, ``Basic`` for ``basic``; None for ``oauth1`` (each request
+        must be signed)."""
+        if "access_token" in self.values:
+            return f"Bearer {self.values['access_token']}"
+        if self.type == "basic":
+            raw = f"{self.values.get('username', '')}:{self.values.get('password', '')}"
+            return "Basic " + base64.b64encode(raw.encode()).decode()
+        if "api_key" in self.values:
+            return f"Bearer {self.values['api_key']}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

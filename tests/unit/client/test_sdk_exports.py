@@ -18,6 +18,7 @@ EXPECTED = [
     "ConflictError",
     "ConnectSession",
     "ConnectSessionStatus",
+    "Credentials",
     "ExportedTokens",
     "GoneError",
     "Grant",
