@@ -128,7 +128,9 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
         "first if needed (minted first for `client_credentials`, `jwt_bearer` and `github_app` "
         "grants). 409 `grant_invalid` (with `failure`), 409 `grant_revoked`, 409 "
         "`no_access_token` for `api_key`, `basic` and `oauth1` grants (use `/credentials`), "
-        "503 `provider_unavailable` with `Retry-After`. `Cache-Control: no-store`.",
+        "503 `provider_unavailable` with `Retry-After`, 503 `keys_unavailable` when the "
+        "environment's root key is disabled, destroyed or unreachable (or a stored secret "
+        "does not open). `Cache-Control: no-store`.",
     ),
     ("POST", "/v1/grants/{grant_id}/reconnect"): (
         "`connect`",
@@ -160,7 +162,9 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/healthz"): ("none", "200 while the process runs."),
     ("GET", "/readyz"): (
         "none",
-        "200 when the database is reachable and the loaded keys open what is stored; else "
+        "200 when the database is reachable and the loaded keys open what is stored, with "
+        "`roots`: each root key's `id`, `backend` (`local`, `aws-kms`, `pkcs11`), `where`, "
+        "`state` (`ok`, `unavailable`, `unused`) and its `environments`; else "
         "503 (`database_unavailable`, `vault_sealed` or `vault_key_mismatch`).",
     ),
     ("GET", "/metrics"): ("none", "Prometheus text format."),
