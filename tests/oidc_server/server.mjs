@@ -62,6 +62,12 @@ function freshStats() {
   return {
     token: { authorization_code: 0, refresh_token: 0, client_credentials: 0, total: 0 },
     token_requests: [],
+    // a refresh token presented again after it was used (reuse: oidc-provider then revokes
+    // the whole grant), and one presented that the provider no longer knows
+    refresh_reuse: 0,
+    refresh_unknown: 0,
+    // per token answer: client port and times (the chaos harness counts kill windows)
+    token_log: [],
     revocation: 0,
     revocation_requests: [],
     userinfo: 0,
@@ -713,6 +719,19 @@ function installRoutes(provider) {
         client_auth: auth.method,
         resource: typeof form.resource === 'string' ? form.resource : null,
       });
+      if (grantType === 'refresh_token' && typeof form.refresh_token === 'string') {
+        const entry = liveEntry(`RefreshToken:${form.refresh_token}`);
+        if (entry?.payload?.consumed) stats.refresh_reuse += 1;
+        else if (!entry) stats.refresh_unknown += 1;
+      }
+      {
+        const logged = { grant_type: grantType, port: ctx.req.socket.remotePort, t0: Date.now(), t1: null, status: null };
+        stats.token_log.push(logged);
+        ctx.res.once('finish', () => {
+          logged.t1 = Date.now();
+          logged.status = ctx.status;
+        });
+      }
 
       const fault = state.faults.token.shift();
       if (fault?.mode === 'status') {
