@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=12, ge=1, le=100)
     #: first retry delay of a failed delivery; doubles per attempt up to an hour
     webhook_retry_base: float = Field(default=5.0, gt=0)
+    #: provider revocation left over from a DELETE (outbox): first retry delay, doubling
+    #: per attempt up to an hour, until the provider answers 200 or refuses for good
+    revocation_retry_base: float = Field(default=5.0, gt=0)
 
     #: the proxy: seconds until the provider's response headers (and between body reads)
     proxy_timeout: float = Field(default=30.0, gt=0)

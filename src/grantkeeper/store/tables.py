@@ -369,3 +369,26 @@ end_user_tokens = Table(
     Index("ix_end_user_tokens_env_user", "environment_id", "user_id"),
     Index("ix_end_user_tokens_expires", "expires_at"),
 )
+
+#: provider revocations (RFC 7009) a DELETE could not finish: the token stays sealed here
+#: (never in the grant, which is revoked at once) until the provider answers
+revocation_outbox = Table(
+    "revocation_outbox",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("environment_id", ID, nullable=False),
+    Column("grant_id", ID, nullable=False),
+    Column("integration_id", String(63), nullable=False),
+    Column("token_type_hint", String(20), nullable=False),
+    # vault ciphertext (AAD bound to this row); NULL once done
+    Column("token_ct", LargeBinary, nullable=True),
+    # pending | succeeded | failed | unsupported
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Double, nullable=True),
+    Column("lease_until", Double, nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("done_at", Double, nullable=True),
+    Index("ix_revocation_outbox_due", "status", "next_attempt_at"),
+)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from grantkeeper.auditchain import Sealer
 from grantkeeper.refresh.scheduler import refresh_due
+from grantkeeper.revocation import retry_pending
 from grantkeeper.runtime import Runtime
 from grantkeeper.signals.expiry import warn_expiring
 from grantkeeper.signals.probe import probe_due
@@ -51,6 +52,10 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
     async def webhook_step() -> int:
         return await deliver_due(rt)
 
+    async def revocation_step() -> int:
+        # provider revocations a DELETE could not finish (the outbox)
+        return await retry_pending(rt)
+
     async def housekeeping_step() -> int:
         async with rt.engine.begin() as conn:
             await purge_expired(conn, rt.clock.now())
@@ -73,6 +78,7 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
     await asyncio.gather(
         _loop("refresh", stop, s.worker_interval, refresh_step),
         _loop("webhooks", stop, s.worker_interval, webhook_step),
+        _loop("revocations", stop, s.worker_interval, revocation_step),
         _loop("housekeeping", stop, 60.0, housekeeping_step),
         _loop("audit-chain", stop, s.worker_interval, audit_chain_step),
         _loop("expiry-warnings", stop, 60.0, expiry_step),
