@@ -58,7 +58,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 
 def log(msg: str) -> None:
@@ -331,7 +331,12 @@ def main() -> None:  # noqa: C901 (one linear script)
     args = ap.parse_args()
     rng = random.Random(args.seed)
 
-    from tests.support.oidc import TOKEN_FAULT_MODES, OidcServer, authorize
+    from tests.support import oidc as oidc_support
+    from tests.support.oidc import OidcServer, authorize
+
+    fault_modes = getattr(oidc_support, "FAULT_MODES", None) or getattr(
+        oidc_support, "TOKEN_FAULT_MODES", frozenset()
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="gk-chaos-"))
     log(f"work dir {tmp}")
@@ -358,7 +363,8 @@ def main() -> None:  # noqa: C901 (one linear script)
                 GRANTKEEPER_LOG_LEVEL="WARNING",
                 GRANTKEEPER_HTTP_TIMEOUT="10",
                 GRANTKEEPER_WEBHOOK_RETRY_BASE="0.5",
-                PYTHONPATH=str(ROOT),
+                # this checkout's code, whatever is installed in the environment
+                PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}",
                 PYTHONUNBUFFERED="1",
             )
             return e
@@ -446,7 +452,7 @@ def main() -> None:  # noqa: C901 (one linear script)
 
         # -------------------------------------------------------------- chaos
         ev = Events()
-        has = set(TOKEN_FAULT_MODES)
+        has = set(fault_modes)
         actions = ["kill9_api", "kill9_worker", "sigterm_api", "sigterm_worker", "provider_5xx", "delay"]
         if "split" in has:
             actions.append("split")
