@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     proxy_max_request_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
 
     #: per API key, requests per second (token, proxy, connect session endpoints); 0 disables
+    #: serve ``POST /v1/grants/{id}/token`` ahead of the framework (same answers; ``0`` is a
+    #: switch back to the full stack, e.g. to compare the two)
+    token_fast_path: bool = True
     rate_limit_per_second: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
 

@@ -12,7 +12,7 @@ from starlette.staticfiles import StaticFiles
 from grantkeeper.access import routes as access_routes
 from grantkeeper.access.cors import EndUserCors
 from grantkeeper.api.errors import install_error_handlers
-from grantkeeper.api.middleware import AccessLog, BodyGuard
+from grantkeeper.api.middleware import AccessLog, BodyGuard, TokenFastPath
 from grantkeeper.api.routes import (
     audit,
     client_metadata,
@@ -101,4 +101,7 @@ def create_app(
     app.add_middleware(BodyGuard, max_body=settings.max_body_bytes)
     app.add_middleware(EndUserCors)
     app.add_middleware(AccessLog)
+    if settings.token_fast_path:
+        # outermost: the token read skips the framework (same answers, tested)
+        app.add_middleware(TokenFastPath, endpoint=token.endpoint, max_body=settings.max_body_bytes)
     return app

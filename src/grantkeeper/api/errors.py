@@ -122,15 +122,27 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def domain_error_response(exc: GrantkeeperError) -> Response:
+    """A domain error as the API answers it (logged when it is ours)."""
+    # provider-side and transient failures are the provider's or the moment's, not ours
+    if exc.status >= 500 and not isinstance(exc, ProviderError | RefreshBusy | StoreUnavailable):
+        log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
+    return error_response(exc)
+
+
+def unexpected_error_response(exc: BaseException) -> Response:
+    """Any other failure: 500 with a reference to the log line, never the error itself."""
+    ref = secrets.token_hex(6)
+    log.error("unexpected error %s: %s", ref, type(exc).__name__, exc_info=False)
+    return problem_response(
+        500, "internal_error", "Internal error", f"unexpected error (ref {ref})"
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GrantkeeperError)
-        # provider-side and transient failures are the provider's or the moment's, not ours
-        if exc.status >= 500 and not isinstance(
-            exc, ProviderError | RefreshBusy | StoreUnavailable
-        ):
-            log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
-        return error_response(exc)
+        return domain_error_response(exc)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -150,11 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, code, title, detail, headers=exc.headers)
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
-        ref = secrets.token_hex(6)
-        log.error("unexpected error %s: %s", ref, type(exc).__name__, exc_info=False)
-        return problem_response(
-            500, "internal_error", "Internal error", f"unexpected error (ref {ref})"
-        )
+        return unexpected_error_response(exc)
 
     _document_problems(app)
     app.add_exception_handler(GrantkeeperError, on_domain)

@@ -280,8 +280,11 @@ async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
-# matched first (routes are tried in order); the FastAPI route below documents it
-router.routes.append(Route(_PATH, _TokenEndpoint(), methods=["POST"], include_in_schema=False))
+#: the raw endpoint; ``api.middleware.TokenFastPath`` calls it ahead of the framework
+endpoint = _TokenEndpoint()
+# also matched first by the router (routes are tried in order), for an app built without
+# the fast path; the FastAPI route below documents it
+router.routes.append(Route(_PATH, endpoint, methods=["POST"], include_in_schema=False))
 
 
 @router.post(_PATH, openapi_extra=_OPENAPI, response_class=Response)
