@@ -450,3 +450,88 @@ def test_authorize_driver_follows_stop_origin_and_stops_on_html(oidc: OidcServer
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _raw_chunks(url: str, **kw: Any) -> tuple[int, list[bytes]]:
+    """The body as the socket delivered it (one entry per read)."""
+    with httpx.stream("POST" if "data" in kw else "GET", url, timeout=15, **kw) as r:
+        return r.status_code, list(r.iter_raw())
+
+
+def test_split_fault_sends_the_answer_in_small_pieces(oidc: OidcServer) -> None:
+    client = new_client(oidc)
+    rt = flow(oidc, client).tokens["refresh_token"]
+    oidc.faults(token=[{"mode": "split", "chunk": 7, "pause_ms": 15}])
+    t0 = time.monotonic()
+    status, chunks = _raw_chunks(
+        oidc.token_endpoint,
+        headers=client.auth,
+        data={"grant_type": "refresh_token", "refresh_token": rt},
+    )
+    assert status == 200 and len(chunks) > 10, len(chunks)
+    assert time.monotonic() - t0 >= 0.15
+    import json
+
+    tokens = json.loads(b"".join(chunks))
+    assert refresh(oidc, client, tokens["refresh_token"]).status_code == 200
+    assert oidc.stats()["faults"] == {"token": {"split": 1}}
+
+
+def test_split_and_status_faults_on_discovery_jwks_userinfo(oidc: OidcServer) -> None:
+    oidc.faults(discovery=[{"mode": "split", "chunk": 5, "pause_ms": 1}], jwks=[{"mode": "status", "status": 502}])
+    status, chunks = _raw_chunks(oidc.discovery_url)
+    assert status == 200 and len(chunks) > 10
+    assert httpx.get(oidc.jwks_uri).status_code == 502
+    assert httpx.get(oidc.jwks_uri).status_code == 200
+    client = new_client(oidc)
+    at = flow(oidc, client).tokens["access_token"]
+    oidc.faults(userinfo=[{"mode": "split", "chunk": 3, "pause_ms": 1}])
+    status, chunks = _raw_chunks(oidc.userinfo_endpoint, headers={"Authorization": f"Bearer {at}"})
+    assert status == 200 and len(chunks) > 3
+
+
+def test_truncate_fault_cuts_a_processed_answer_short(oidc: OidcServer) -> None:
+    client = new_client(oidc)
+    rt = flow(oidc, client).tokens["refresh_token"]
+    oidc.faults(token=[{"mode": "truncate", "bytes": 40}])
+    with pytest.raises(httpx.TransportError):
+        refresh(oidc, client, rt)
+    # processed: the refresh token was consumed, presenting it again is reuse
+    assert refresh(oidc, client, rt).json()["error"] == "invalid_grant"
+
+
+def test_hold_fault_holds_back_a_processed_answer_until_released(oidc: OidcServer) -> None:
+    import threading
+
+    client = new_client(oidc)
+    rt = flow(oidc, client).tokens["refresh_token"]
+    oidc.faults(token=[{"mode": "hold"}])
+    got: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: got.append(refresh(oidc, client, rt)))
+    t.start()
+    time.sleep(0.8)
+    assert not got, "held back"
+    assert oidc.release() == 1
+    t.join(10)
+    assert got[0].status_code == 200
+    new_rt = got[0].json()["refresh_token"]
+    oidc.faults(token=[{"mode": "hold", "ms": 300, "then": "drop"}])
+    with pytest.raises(httpx.TransportError):
+        refresh(oidc, client, new_rt)
+    assert refresh(oidc, client, new_rt).json()["error"] == "invalid_grant"
+
+
+def test_fault_policy_is_sticky_until_cleared(oidc: OidcServer) -> None:
+    client = new_client(oidc)
+    rt = flow(oidc, client).tokens["refresh_token"]
+    oidc.fault_policy(token={"mode": "status", "status": 503, "retry_after": 1, "probability": 1})
+    for _ in range(3):
+        assert refresh(oidc, client, rt).status_code == 503
+    oidc.faults(token=[{"mode": "none"}])  # the queue goes first
+    r = refresh(oidc, client, rt)
+    assert r.status_code == 200
+    oidc.fault_policy(token=None)
+    assert refresh(oidc, client, r.json()["refresh_token"]).status_code == 200
+    assert oidc.stats()["faults"]["token"] == {"status": 3}
+    with pytest.raises(ValueError):
+        oidc.fault_policy(nope={"mode": "status"})

@@ -74,6 +74,10 @@ function freshStats() {
     introspection: 0,
     api: 0,
     cimd_fetches: [],
+    discovery: 0,
+    jwks: 0,
+    // faults applied, per target and mode (queued or from a policy)
+    faults: {},
   };
 }
 
@@ -81,7 +85,9 @@ const state = {
   account: 'alice',
   deny: false,
   ttl: { ...DEFAULT_TTL },
-  faults: { token: [], revocation: [] },
+  faults: { token: [], revocation: [], discovery: [], jwks: [], userinfo: [] },
+  // sticky per-target faults applied with a probability while their queue is empty
+  policy: {},
   idTokenDefect: null,
   issMode: null,
   // extra members merged into every successful token response (e.g. refresh_token_expires_in)
@@ -95,12 +101,145 @@ function resetState() {
   state.account = 'alice';
   state.deny = false;
   state.ttl = { ...DEFAULT_TTL };
-  state.faults = { token: [], revocation: [] };
+  state.faults = { token: [], revocation: [], discovery: [], jwks: [], userinfo: [] };
+  state.policy = {};
   state.idTokenDefect = null;
   state.issMode = null;
   state.tokenExtras = {};
   state.corsOrigins = [];
   state.stats = freshStats();
+  releaseHeld();
+}
+
+// ---------------------------------------------------------------- fault modes
+//
+// Each target (token, revocation, discovery, jwks, userinfo) has a queue (each request
+// pops one) and an optional sticky policy (applied with `probability` to every request
+// while the queue is empty). Modes, and whether the request is processed:
+//   status        {status, retry_after?, error?, raw_body?}  not processed, that answer
+//   invalid_grant (token only)                               not processed, 400
+//   drop_after                                               processed, socket destroyed
+//   delay         {ms}                                       processed, answer delayed
+//   split         {chunk=16, pause_ms=20}                    processed, body in pieces
+//   truncate      {bytes?}                                   processed, 2xx cut short
+//   hold          {ms?, then: 'answer' | 'drop'}             processed, held back (until
+//                                                            ms or POST /__control/release)
+//   none                                                     a pass-through slot
+
+const FAULT_TARGETS = ['token', 'revocation', 'discovery', 'jwks', 'userinfo'];
+const AFTER_MODES = ['drop_after', 'delay', 'split', 'truncate', 'hold'];
+const FAULT_MODES = new Set(['status', 'invalid_grant', 'none', ...AFTER_MODES]);
+
+function validFault(target, f) {
+  if (!f || typeof f !== 'object' || !FAULT_MODES.has(f.mode)) return false;
+  if (f.mode === 'invalid_grant' && target !== 'token') return false;
+  if (f.probability !== undefined && !(typeof f.probability === 'number' && f.probability >= 0 && f.probability <= 1)) return false;
+  return true;
+}
+
+function nextFault(target) {
+  let fault = state.faults[target].shift();
+  if (!fault) {
+    const p = state.policy[target];
+    if (p && Math.random() < (p.probability ?? 1)) fault = p;
+  }
+  if (fault && fault.mode !== 'none') {
+    const counts = state.stats.faults[target] ?? (state.stats.faults[target] = {});
+    counts[fault.mode] = (counts[fault.mode] ?? 0) + 1;
+  }
+  return fault;
+}
+
+// answers held back by `hold` without ms, released by POST /__control/release or reset
+const held = new Set();
+
+function releaseHeld() {
+  const waiting = [...held];
+  held.clear();
+  for (const resolve of waiting) resolve();
+  return waiting.length;
+}
+
+function holdBack(ctx, ms) {
+  return new Promise((resolve) => {
+    let timer;
+    const done = () => {
+      held.delete(done);
+      if (timer) clearTimeout(timer);
+      resolve();
+    };
+    if (typeof ms === 'number') timer = setTimeout(done, ms);
+    else held.add(done);
+    ctx.req.socket.once('close', done);
+  });
+}
+
+function bodyBytes(ctx) {
+  const { body } = ctx;
+  if (body === null || body === undefined) return Buffer.alloc(0);
+  if (Buffer.isBuffer(body)) return body;
+  if (typeof body === 'string') return Buffer.from(body, 'utf8');
+  if (typeof body.pipe === 'function') return null; // a stream: left alone
+  if (!ctx.response.get('Content-Type')) ctx.type = 'json';
+  return Buffer.from(JSON.stringify(body), 'utf8');
+}
+
+// Write the answer ourselves: `pieces` bytes at a time with `pauseMs` between them,
+// stopping after `limit` bytes (then the socket is destroyed: a body cut short).
+async function writeRaw(ctx, { piece, pauseMs, limit }) {
+  const raw = bodyBytes(ctx);
+  if (raw === null) return;
+  const headers = { ...ctx.response.headers, 'content-length': String(raw.length) };
+  delete headers['transfer-encoding'];
+  ctx.respond = false;
+  const { res } = ctx;
+  res.writeHead(ctx.status, headers);
+  const end = Math.min(raw.length, limit ?? raw.length);
+  for (let at = 0; at < end; at += piece) {
+    if (res.destroyed) return;
+    res.write(raw.subarray(at, Math.min(at + piece, end)));
+    if (pauseMs > 0 && at + piece < end) await sleep(pauseMs);
+  }
+  if (limit !== undefined && limit < raw.length) {
+    await sleep(pauseMs || 20);
+    ctx.req.socket.destroy();
+    return;
+  }
+  res.end();
+}
+
+// What happens to an answer the provider already produced (the request was processed).
+async function afterProcessing(ctx, fault) {
+  if (!fault) return;
+  switch (fault.mode) {
+    case 'delay':
+      await sleep(Number(fault.ms ?? 1000));
+      return;
+    case 'drop_after':
+      ctx.respond = false;
+      ctx.req.socket.destroy();
+      return;
+    case 'split':
+      await writeRaw(ctx, {
+        piece: Math.max(1, Number(fault.chunk ?? 16)),
+        pauseMs: Number(fault.pause_ms ?? 20),
+      });
+      return;
+    case 'truncate': {
+      const raw = bodyBytes(ctx);
+      const cut = Number(fault.bytes ?? Math.floor((raw?.length ?? 2) / 2));
+      await writeRaw(ctx, { piece: 1 << 20, pauseMs: 0, limit: Math.max(0, cut) });
+      return;
+    }
+    case 'hold':
+      await holdBack(ctx, fault.ms === undefined || fault.ms === null ? undefined : Number(fault.ms));
+      if (fault.then === 'drop' || ctx.req.socket.destroyed) {
+        ctx.respond = false;
+        ctx.req.socket.destroy();
+      }
+      return;
+    default:
+  }
 }
 
 // ---------------------------------------------------------------- unbounded Map adapter
@@ -559,6 +698,8 @@ function installRoutes(provider) {
             deny: state.deny,
             ttl: state.ttl,
             faults: state.faults,
+            policy: state.policy,
+            held: held.size,
             id_token_defect: state.idTokenDefect,
             iss_mode: state.issMode,
           };
@@ -586,19 +727,33 @@ function installRoutes(provider) {
         case 'POST /__control/faults': {
           const body = await readJson(ctx);
           for (const [k, v] of Object.entries(body)) {
-            if (!(k in state.faults)) ctx.throw(400, `unknown fault target ${k}`);
+            if (!FAULT_TARGETS.includes(k)) ctx.throw(400, `unknown fault target ${k}`);
             if (!Array.isArray(v)) ctx.throw(400, `${k} must be a list`);
             for (const f of v) {
-              const ok = k === 'token'
-                ? ['status', 'drop_after', 'delay', 'invalid_grant', 'none'].includes(f?.mode)
-                : ['status', 'drop_after', 'delay', 'none'].includes(f?.mode);
-              if (!ok) ctx.throw(400, `bad fault ${JSON.stringify(f)}`);
+              if (!validFault(k, f)) ctx.throw(400, `bad fault ${JSON.stringify(f)}`);
             }
             state.faults[k].push(...v);
           }
           ctx.body = state.faults;
           return;
         }
+        case 'POST /__control/fault-policy': {
+          const body = await readJson(ctx);
+          for (const [k, v] of Object.entries(body)) {
+            if (!FAULT_TARGETS.includes(k)) ctx.throw(400, `unknown fault target ${k}`);
+            if (v === null) {
+              delete state.policy[k];
+            } else {
+              if (!validFault(k, v)) ctx.throw(400, `bad fault ${JSON.stringify(v)}`);
+              state.policy[k] = v;
+            }
+          }
+          ctx.body = state.policy;
+          return;
+        }
+        case 'POST /__control/release':
+          ctx.body = { released: releaseHeld() };
+          return;
         case 'POST /__control/id-token-defect': {
           const body = await readJson(ctx);
           if (body.kind === 'none' || body.kind === null) {
@@ -733,7 +888,7 @@ function installRoutes(provider) {
         });
       }
 
-      const fault = state.faults.token.shift();
+      const fault = nextFault('token');
       if (fault?.mode === 'status') {
         answerStatusFault(ctx, fault);
         return;
@@ -765,11 +920,7 @@ function installRoutes(provider) {
         const clientId = auth.clientId ?? decodeJwt(ctx.body.id_token).payload.aud;
         ctx.body = { ...ctx.body, id_token: makeDefectiveIdToken(ctx.body.id_token, kind, clientId) };
       }
-      if (fault?.mode === 'delay') await sleep(Number(fault.ms ?? 1000));
-      if (fault?.mode === 'drop_after') {
-        ctx.respond = false;
-        ctx.req.socket.destroy();
-      }
+      await afterProcessing(ctx, fault);
       return;
     }
 
@@ -782,22 +933,33 @@ function installRoutes(provider) {
         token_type_hint: typeof form.token_type_hint === 'string' ? form.token_type_hint : null,
         client_auth: auth.method,
       });
-      const fault = state.faults.revocation.shift();
+      const fault = nextFault('revocation');
       if (fault?.mode === 'status') {
         answerStatusFault(ctx, fault);
         return;
       }
       if (!(await enforceAuthMethod(provider, ctx, auth))) return;
       await next();
-      if (fault?.mode === 'delay') await sleep(Number(fault.ms ?? 1000));
-      if (fault?.mode === 'drop_after') {
-        ctx.respond = false;
-        ctx.req.socket.destroy();
-      }
+      await afterProcessing(ctx, fault);
       return;
     }
 
-    if (path === '/me') state.stats.userinfo += 1;
+    // ------------------------------------------------------------ discovery, JWKS, userinfo
+    const metaTarget = path === '/.well-known/openid-configuration' ? 'discovery'
+      : path === '/jwks' ? 'jwks'
+        : path === '/me' ? 'userinfo' : null;
+    if (metaTarget) {
+      state.stats[metaTarget] += 1;
+      const fault = nextFault(metaTarget);
+      if (fault?.mode === 'status') {
+        answerStatusFault(ctx, fault);
+        return;
+      }
+      await next();
+      await afterProcessing(ctx, fault);
+      return;
+    }
+
     if (path === '/token/introspection' && method === 'POST') state.stats.introspection += 1;
 
     await next();

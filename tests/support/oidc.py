@@ -4,6 +4,37 @@
 API and registers clients dynamically. ``authorize()`` is a browser-less user that
 follows redirects through the provider's login/consent interaction.
 
+Fault modes (switchable at runtime from tests and from the chaos harness, through
+the server's ``/__control`` API; ``reset()`` clears them all):
+
+- targets: ``token``, ``revocation``, ``discovery`` (``/.well-known/openid-configuration``),
+  ``jwks`` and ``userinfo`` (``/me``);
+- ``faults(token=[...], ...)`` queues faults: each request to that target pops one;
+- ``fault_policy(token={...}, ...)`` sets a sticky fault applied to every request of that
+  target while its queue is empty, with ``"probability"`` (0..1, default 1); ``None`` clears;
+- ``release()`` lets every answer held back by ``hold`` (without ``ms``) go out.
+
+Modes (``processed`` = the provider did the work, e.g. rotated the refresh token):
+
+================  =========================================  ===========================
+mode              options                                    effect
+================  =========================================  ===========================
+``status``        ``status`` (503), ``retry_after``,         not processed; that answer
+                  ``error``, ``raw_body``, ``content_type``
+``invalid_grant`` (token only)                               not processed; 400
+``drop_after``                                               processed; socket destroyed
+``delay``         ``ms`` (1000)                              processed; answer delayed
+``split``         ``chunk`` bytes (16), ``pause_ms`` (20)    processed; body sent in small
+                                                             pieces with pauses
+``truncate``      ``bytes`` (half the body)                  processed; 2xx with the full
+                                                             Content-Length, body cut short
+``hold``          ``ms`` (absent: until ``release()``),      processed; answer held back,
+                  ``then``: ``"answer"`` | ``"drop"``        then sent or never sent
+``none``                                                     a pass-through queue slot
+================  =========================================  ===========================
+
+``stats()["faults"]`` counts the faults applied per target and mode.
+
 Fixtures (register with ``pytest_plugins = ["tests.support.oidc"]`` in tests/conftest.py):
 
 - ``oidc_server`` (session scope): one started server for the whole session.
@@ -38,7 +69,10 @@ SERVER_DIR = REPO_ROOT / "tests" / "oidc_server"
 
 DEFAULT_SCOPE = "openid offline_access api:read"
 
-TOKEN_FAULT_MODES = frozenset({"status", "drop_after", "delay", "invalid_grant", "none"})
+FAULT_MODES = frozenset(
+    {"status", "drop_after", "delay", "split", "truncate", "hold", "invalid_grant", "none"}
+)
+FAULT_TARGETS = ("token", "revocation", "discovery", "jwks", "userinfo")
 ID_TOKEN_DEFECTS = frozenset(
     {
         "wrong_nonce",
@@ -135,6 +169,12 @@ def decode_jwt_unverified(jwt: str) -> tuple[dict[str, Any], dict[str, Any], byt
 
 
 # --------------------------------------------------------------------------- server
+
+
+def _check_fault(target: str, fault: Mapping[str, Any]) -> None:
+    mode = fault.get("mode")
+    if mode not in FAULT_MODES or (mode == "invalid_grant" and target != "token"):
+        raise ValueError(f"unknown {target} fault {fault!r}")
 
 
 class OidcServer:
@@ -364,24 +404,49 @@ class OidcServer:
         self,
         token: Sequence[Mapping[str, Any]] | None = None,
         revocation: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        discovery: Sequence[Mapping[str, Any]] | None = None,
+        jwks: Sequence[Mapping[str, Any]] | None = None,
+        userinfo: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
-        """Queue faults; each token/revocation request pops one.
+        """Queue faults; each request to a target pops one (modes: see the module docstring).
 
-        Modes: ``{"mode": "status", "status": 503, "retry_after": 2}`` (not processed),
-        ``{"mode": "drop_after"}`` (processed, socket destroyed before the answer),
-        ``{"mode": "delay", "ms": 1500}`` (processed, answer delayed),
-        ``{"mode": "invalid_grant"}`` (400 invalid_grant, not processed),
-        ``{"mode": "none"}`` (a pass-through slot in the queue).
+        E.g. ``{"mode": "status", "status": 503, "retry_after": 2}`` (not processed),
+        ``{"mode": "split", "chunk": 7, "pause_ms": 30}`` (processed, answer in pieces),
+        ``{"mode": "hold", "ms": 3000}`` (processed, answer held back 3 s),
+        ``{"mode": "hold", "then": "drop"}`` (processed, answer never sent).
         """
+        given = {
+            "token": token,
+            "revocation": revocation,
+            "discovery": discovery,
+            "jwks": jwks,
+            "userinfo": userinfo,
+        }
         body: dict[str, Any] = {}
-        if token is not None:
-            for fault in token:
-                if fault.get("mode") not in TOKEN_FAULT_MODES:
-                    raise ValueError(f"unknown token fault {fault!r}")
-            body["token"] = [dict(f) for f in token]
-        if revocation is not None:
-            body["revocation"] = [dict(f) for f in revocation]
+        for target, faults in given.items():
+            if faults is None:
+                continue
+            for fault in faults:
+                _check_fault(target, fault)
+            body[target] = [dict(f) for f in faults]
         self._post_json("/__control/faults", body)
+
+    def fault_policy(self, **targets: Mapping[str, Any] | None) -> None:
+        """Sticky faults per target (``token={"mode": "status", "status": 503,
+        "probability": 0.2}``), applied while the target's queue is empty; ``None`` clears."""
+        body: dict[str, Any] = {}
+        for target, fault in targets.items():
+            if target not in FAULT_TARGETS:
+                raise ValueError(f"unknown fault target {target!r}")
+            if fault is not None:
+                _check_fault(target, fault)
+            body[target] = dict(fault) if fault is not None else None
+        self._post_json("/__control/fault-policy", body)
+
+    def release(self) -> int:
+        """Send every answer held back by a ``hold`` fault without ``ms``; returns how many."""
+        return int(self._post_json("/__control/release", {})["released"])
 
     def id_token_defect(self, kind: str) -> None:
         """The next token response carrying an id_token gets a defective one instead."""
