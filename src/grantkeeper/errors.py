@@ -48,11 +48,14 @@ Our exception hierarchy::
     | - CodeExchangeFailed              code_exchange_failed
     + ProviderError
     | - ProviderUnavailable             provider_unavailable  (transient: 5xx, 429, timeout)
+    | | - ProviderOutcomeUnknown        provider_unavailable  (a 2xx that could not be read)
     | - RefreshTokenRejected            refresh_token_rejected (invalid_grant on import)
     | - CredentialsRejected             credentials_rejected (422: verification refused)
     | - ProviderRejected                provider_rejected
     | - UpstreamTimeout                 upstream_timeout (504: the proxied call took too long)
     | - UpstreamResponseTooLarge        upstream_response_too_large (502)
+    | - IntegrationMisconfigured        integration_misconfigured (424: invalid_client,
+    |                                   unauthorized_client; the grant stays active)
     + RefreshBusy                       refresh_busy (lock/lease wait timed out: transient)
     + StoreUnavailable                  store_unavailable (a write kept failing: transient)
     + RateLimited                       rate_limited
@@ -86,6 +89,7 @@ __all__ = [
     "GrantRevoked",
     "GrantkeeperError",
     "IntegrationInUse",
+    "IntegrationMisconfigured",
     "InvalidIdToken",
     "InvalidInput",
     "InvalidProviderSettings",
@@ -101,6 +105,7 @@ __all__ = [
     "NotFound",
     "UnsupportedMediaType",
     "ProviderError",
+    "ProviderOutcomeUnknown",
     "ProviderRejected",
     "ProviderUnavailable",
     "ProxyNotConfigured",
@@ -407,6 +412,13 @@ class ProviderUnavailable(ProviderError):
         self.retry_after = max(1, int(retry_after))
 
 
+class ProviderOutcomeUnknown(ProviderUnavailable):
+    """The provider answered 2xx but the answer could not be read whole or parsed.
+
+    It may have done the work (rotated the refresh token): never a clean failure.
+    """
+
+
 class RefreshTokenRejected(ProviderError):
     code = "refresh_token_rejected"
     status = 422
@@ -437,6 +449,19 @@ class UpstreamResponseTooLarge(ProviderError):
     code = "upstream_response_too_large"
     status = 502
     title = "The provider's response exceeds the proxy's size limit"
+
+
+class IntegrationMisconfigured(ProviderError):
+    """The provider refused the integration's own client (``invalid_client``,
+    ``unauthorized_client``): the integration's problem, not the grant's."""
+
+    code = "integration_misconfigured"
+    status = 424
+    title = "The provider refuses the integration's client"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 30, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = max(1, int(retry_after))
 
 
 class RefreshBusy(GrantkeeperError):

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from grantkeeper.apikeys import Principal
 from grantkeeper.clock import parse_iso
-from grantkeeper.errors import InvalidInput, ProviderRejected, RefreshTokenRejected
+from grantkeeper.errors import (
+    IntegrationMisconfigured,
+    InvalidInput,
+    ProviderRejected,
+    RefreshTokenRejected,
+)
 from grantkeeper.grants import save_connected
 from grantkeeper.inputs import ImportGrant
 from grantkeeper.integrations import get_or_404, resolve
@@ -54,6 +59,10 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
                 normalise=lambda b: apply_token_response(spec, b),
             )
         except OAuthErrorResponse as exc:
+            if exc.kind == "integration":
+                raise IntegrationMisconfigured(
+                    f"the provider refuses the integration's client ({exc.error})"
+                ) from None
             if exc.permanent:
                 raise RefreshTokenRejected(
                     f"the provider refused the refresh token ({exc.error})"

@@ -80,6 +80,15 @@ def integration_view(rec: IntegrationRecord, rt: Runtime) -> dict[str, Any]:
         "app_id": rec.app_id,
         "private_key_set": rec.private_key_ct is not None,
         "callback_url": rt.settings.callback_url,
+        "status": "failing" if rec.failure_code else "ok",
+        "failure": {
+            "code": rec.failure_code,
+            "description": rec.failure_description,
+            "at": iso(rec.failed_at),
+            "retry_at": iso(rec.retry_at),
+        }
+        if rec.failure_code
+        else None,
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
     }
@@ -316,6 +325,8 @@ async def put_integration(
         "verify_request": body.verify_request.model_dump() if body.verify_request else None,
         "app_id": body.app_id,
         "private_key_ct": key_ct,
+        # a changed configuration is tried at once, not after the failure backoff
+        "retry_at": None,
     }
     created = await store.upsert(conn, environment_id, integration_id, values, rt.clock.now())
     if body.health_probe_interval is None and existing is not None:

@@ -237,27 +237,8 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
     async with rt.engine.begin() as conn:
         if pending:
             await _enqueue(conn, rt, rec, now)
-        # bumping the version fences out a refresh that is in flight right now
-        current = await store.get(conn, rec.environment_id, rec.id)
-        assert current is not None
-        await store.update_grant(
-            conn,
-            rec.environment_id,
-            rec.id,
-            {
-                "status": "revoked",
-                "access_token_ct": None,
-                "refresh_token_ct": None,
-                "id_token_ct": None,
-                "credentials_ct": None,
-                "version": current.version + 1,
-                "refresh_due_at": None,
-                "lease_owner": None,
-                "lease_until": None,
-                "revoked_at": now,
-                "updated_at": now,
-            },
-        )
+        # the generation bump (in SQL) fences out a refresh that is in flight right now
+        await store.mark_revoked(conn, rec.environment_id, rec.id, now)
         fresh = await store.get(conn, rec.environment_id, rec.id)
         assert fresh is not None
         await events.emit(

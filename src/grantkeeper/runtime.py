@@ -51,6 +51,9 @@ class Runtime:
     keys: KeyManager | None = None
     #: subject issuers' key sets (end-user access); built by ``open_runtime``
     subject_jwks: JwksCache | None = None
+    #: set when the process stops: the worker takes no new work (refreshes already at a
+    #: provider finish and persist; ``refresh.engine.drain`` waits for them)
+    draining: bool = False
 
     async def close(self) -> None:
         if self.hotpath is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tests.support.gk import Database, master_key, new_database
 
 from grantkeeper.config import Settings
+from grantkeeper.refresh import lease
 from grantkeeper.store import audit, connect, environments, grants, integrations, keys, webhooks
 from grantkeeper.store import tables as t
 from grantkeeper.store.db import create_engine, reading
@@ -299,34 +301,74 @@ async def test_grants_update_fenced_refuses_stale_version(engine: AsyncEngine, e
     assert rec is not None and rec.version == 6 and rec.access_token_ct == b"\x01v5"
 
 
-async def test_grants_claim_lease(engine: AsyncEngine, envs: tuple[str, str]) -> None:
+async def test_lease_claim_renew_release(engine: AsyncEngine, envs: tuple[str, str]) -> None:
+    """refresh.lease: exclusive, re-entrant, owner-checked, on the database's clock."""
     a, b = envs
     gid = await add_grant(engine, a)
     async with engine.begin() as conn:
-        assert await grants.claim_lease(conn, a, gid, "p1", NOW, NOW + 30) is True
-        assert await grants.claim_lease(conn, a, gid, "p2", NOW + 1, NOW + 31) is False  # exclusive
-        assert await grants.claim_lease(conn, a, gid, "p1", NOW + 2, NOW + 32) is True  # re-entrant
-        assert await grants.claim_lease(conn, b, gid, "p3", NOW + 100, NOW + 130) is False  # other env
-        assert await grants.claim_lease(conn, a, gid, "p2", NOW + 31, NOW + 61) is False  # until is NOW+32
-        assert await grants.claim_lease(conn, a, gid, "p2", NOW + 33, NOW + 63) is True  # expired
+        assert await lease.claim(conn, a, gid, "p1", 30) is True
+        assert await lease.claim(conn, a, gid, "p2", 30) is False  # exclusive
+        assert await lease.claim(conn, a, gid, "p1", 30) is True  # re-entrant
+        assert await lease.renew(conn, a, gid, "p2", 30) is False  # not the owner
+        assert await lease.claim(conn, b, gid, "p3", 30) is False  # other environment
+        assert await lease.release(conn, a, gid, "p2") is False  # not the owner: no effect
         rec = await grants.get(conn, a, gid)
-        assert rec is not None and rec.lease_owner == "p2" and rec.lease_until == NOW + 63
-        await grants.release_lease(conn, a, gid, "p1")  # not the owner: no effect
+        assert rec is not None and rec.lease_owner == "p1"
+        # issue 12: a failure recorded by someone else never clears p1's lease
+        assert await lease.fail(conn, a, gid, "p2", {"retry_at": NOW}, keep_lease=False) is False
+        assert await lease.write_tokens(conn, a, gid, "p2", 1, {"access_token_ct": b"\x01x"}) is False
         rec = await grants.get(conn, a, gid)
-        assert rec is not None and rec.lease_owner == "p2"
-        await grants.release_lease(conn, a, gid, "p2")
-        assert await grants.claim_lease(conn, a, gid, "p1", NOW + 34, NOW + 64) is True
-        await grants.update_grant(conn, a, gid, {"status": "invalid", "lease_owner": None, "lease_until": None})
-        assert await grants.claim_lease(conn, a, gid, "p1", NOW + 35, NOW + 65) is False  # only active grants
+        assert rec is not None and rec.lease_owner == "p1" and rec.retry_at is None
+        assert await lease.fail(conn, a, gid, "p1", {"retry_at": NOW}, keep_lease=True) is True
+        rec = await grants.get(conn, a, gid)
+        assert rec is not None and rec.lease_owner == "p1" and rec.retry_at == NOW
+        assert await lease.release(conn, a, gid, "p1") is True
+        assert await lease.claim(conn, a, gid, "p2", 0.3) is True
+    await asyncio.sleep(0.5)  # database time, whatever the application clocks say
+    async with engine.begin() as conn:
+        assert await lease.claim(conn, a, gid, "p3", 30) is True  # p2's lease expired
+        # p2 comes back late: its lease is gone, its write must not land
+        assert await lease.renew(conn, a, gid, "p2", 30) is False
+        assert await lease.write_tokens(conn, a, gid, "p2", 1, {"access_token_ct": b"\x01late"}) is False
+        await grants.update_grant(conn, a, gid, {"status": "invalid"})
+        assert await lease.claim(conn, a, gid, "p3", 30) is False  # only active grants
+        # status is part of the fence: nothing is written into a grant no longer active
+        assert await lease.write_tokens(conn, a, gid, "p3", 1, {"access_token_ct": b"\x01x"}) is False
+    async with reading(engine) as conn:
+        rec = await grants.get(conn, a, gid)
+    assert rec is not None and rec.version == 1 and rec.access_token_ct == b"\x01access"
 
 
-async def test_grants_claim_lease_is_exclusive_across_connections(engine: AsyncEngine, envs: tuple[str, str]) -> None:
+async def test_lease_write_tokens_bumps_the_generation_in_sql(engine: AsyncEngine, envs: tuple[str, str]) -> None:
+    a, _ = envs
+    gid = await add_grant(engine, a, version=4)
+    async with engine.begin() as conn:
+        assert await lease.claim(conn, a, gid, "p1", 30) is True
+        assert await lease.write_tokens(conn, a, gid, "p1", 3, {"access_token_ct": b"\x01stale"}) is False
+        assert await lease.write_tokens(conn, a, gid, "p1", 4, {"access_token_ct": b"\x01v5"}) is True
+        rec = await grants.get(conn, a, gid)
+        assert rec is not None and rec.version == 5 and rec.lease_owner is None
+        # a free lease is no obstacle (nobody else is at the provider)
+        assert await lease.write_tokens(conn, a, gid, "p9", 5, {"access_token_ct": b"\x01v6"}) is True
+        assert await lease.claim(conn, a, gid, "p1", 30) is True
+        assert await lease.mark_invalid(conn, a, gid, "p2", 6, {"failure_code": "invalid_grant"}) is False
+        assert await lease.mark_invalid(conn, a, gid, "p1", 5, {"failure_code": "invalid_grant"}) is False
+        assert await lease.mark_invalid(conn, a, gid, "p1", 6, {"failure_code": "invalid_grant"}) is True
+        rec = await grants.get(conn, a, gid)
+        assert rec is not None and rec.status == "invalid" and rec.version == 6 and rec.lease_owner is None
+        assert await grants.mark_revoked(conn, a, gid, NOW) is True
+        rec = await grants.get(conn, a, gid)
+        assert rec is not None and rec.status == "revoked" and rec.version == 7
+        assert rec.refresh_token_ct is None and rec.access_token_ct is None
+
+
+async def test_lease_claim_is_exclusive_across_connections(engine: AsyncEngine, envs: tuple[str, str]) -> None:
     a, _ = envs
     gid = await add_grant(engine, a)
 
     async def claim(owner: str) -> bool:
         async with engine.begin() as conn:
-            return await grants.claim_lease(conn, a, gid, owner, NOW, NOW + 30)
+            return await lease.claim(conn, a, gid, owner, 30)
 
     results = await asyncio.gather(*(claim(f"p{i}") for i in range(8)))
     assert sum(results) == 1
@@ -340,20 +382,22 @@ async def test_grants_claim_due(engine: AsyncEngine, envs: tuple[str, str]) -> N
     await add_grant(engine, a, user_id="never", refresh_due_at=None)
     await add_grant(engine, a, user_id="invalid", refresh_due_at=NOW - 100, status="invalid")
     await add_grant(engine, a, user_id="backoff", refresh_due_at=NOW - 100, retry_at=NOW + 50)
-    await add_grant(engine, a, user_id="leased", refresh_due_at=NOW - 100, lease_owner="x", lease_until=NOW + 10)
+    await add_grant(engine, a, user_id="leased", refresh_due_at=NOW - 100, lease_owner="x", lease_until=time.time() + 60)
     async with engine.begin() as conn:
-        claimed = await grants.claim_due(conn, "w1", NOW, NOW + 30, 2)
+        claimed = await lease.claim_due(conn, "w1", NOW, 1.0, 2)
     assert [c[1] for c in claimed] == due[:2]  # oldest due first, limited
     assert all(c[2] == 1 and c[3] == "oauth2" for c in claimed)
     async with engine.begin() as conn:
-        rest = await grants.claim_due(conn, "w2", NOW, NOW + 30, 100)
+        rest = await lease.claim_due(conn, "w2", NOW, 1.0, 100)
     assert sorted(c[1] for c in rest) == sorted(due[2:])  # every environment; never twice
     async with engine.begin() as conn:
-        assert await grants.claim_due(conn, "w3", NOW + 1, NOW + 31, 100) == []
+        assert await lease.claim_due(conn, "w3", NOW + 1, 30, 100) == []
         rec = await grants.get(conn, a, due[0])
         assert rec is not None and rec.lease_owner == "w1"
-        # once the lease runs out the grant is due again
-        again = await grants.claim_due(conn, "w3", NOW + 31, NOW + 61, 100)
+    await asyncio.sleep(1.2)
+    async with engine.begin() as conn:
+        # once the lease runs out (database time) the grant is due again
+        again = await lease.claim_due(conn, "w3", NOW + 31, 30, 100)
     assert {c[1] for c in again} >= set(due[:2])
     async with reading(engine) as conn:
         assert await grants.oldest_due(conn) == NOW - 100
@@ -365,7 +409,7 @@ async def test_grants_claim_due_concurrent_claimers_are_disjoint(engine: AsyncEn
 
     async def claimer(owner: str) -> list[str]:
         async with engine.begin() as conn:
-            got = await grants.claim_due(conn, owner, NOW, NOW + 30, 5)
+            got = await lease.claim_due(conn, owner, NOW, 30, 5)
             await asyncio.sleep(0.05)  # hold the transaction (and row locks) open a little
             return [g[1] for g in got]
 
@@ -383,9 +427,9 @@ async def test_grants_claim_due_skip_locked(engine: AsyncEngine, envs: tuple[str
     ids = {await add_grant(engine, a, user_id=f"u{i}", refresh_due_at=NOW - i) for i in range(6)}
     async with engine.connect() as c1, engine.connect() as c2:
         await c1.begin()
-        first = await grants.claim_due(c1, "w1", NOW, NOW + 30, 3)
+        first = await lease.claim_due(c1, "w1", NOW, 30, 3)
         await c2.begin()
-        second = await asyncio.wait_for(grants.claim_due(c2, "w2", NOW, NOW + 30, 10), timeout=5)
+        second = await asyncio.wait_for(lease.claim_due(c2, "w2", NOW, 30, 10), timeout=5)
         await c2.commit()
         await c1.commit()
     assert len(first) == 3 and len(second) == 3
@@ -610,7 +654,7 @@ async def test_store_functions_never_commit(engine: AsyncEngine, envs: tuple[str
         await integrations.delete_integration(conn, a, "keep")
         await grants.insert_grant(conn, grant_values(a))
         await grants.update_fenced(conn, a, kept, 1, {"version": 2})
-        await grants.claim_lease(conn, a, kept, "p", NOW, NOW + 30)
+        await lease.claim(conn, a, kept, "p", 30)
         await connect.insert_session(conn, session_values(a))
         await audit.append(conn, environment_id=a, actor="x", action="y", now=NOW)
         ep = await add_endpoint(conn, a, ["*"])

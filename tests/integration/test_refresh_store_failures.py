@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tests.support.flows import connect_grant, setup_oidc_integration
 from tests.support.gk import running_server
 from tests.support.oidc import OidcServer
@@ -19,6 +20,7 @@ from grantkeeper.config import Settings
 from grantkeeper.errors import StoreUnavailable
 from grantkeeper.grants import open_token
 from grantkeeper.refresh import engine as refresh_engine
+from grantkeeper.refresh import lease
 from grantkeeper.runtime import open_runtime
 from grantkeeper.store import grants as grant_store
 
@@ -34,9 +36,38 @@ def _settings(env: dict[str, str]) -> Settings:
     )
 
 
-@pytest.mark.parametrize("failures, succeeds", [(2, True), (50, False)])
+def _operational() -> Exception:
+    return OperationalError("UPDATE grants", {}, Exception("database is down"))
+
+
+def _pool_timeout() -> Exception:
+    # what an exhausted pool raises (issue 12: it was not retried, the caller got a 500)
+    return PoolTimeout("QueuePool limit of size 20 overflow 0 reached, connection timed out")
+
+
+def _reset() -> Exception:
+    return ConnectionResetError("connection reset by peer")
+
+
+@pytest.mark.parametrize(
+    "failures, succeeds, error",
+    [
+        (2, True, _operational),
+        (50, False, _operational),
+        (3, True, _pool_timeout),
+        (50, False, _pool_timeout),
+        (2, True, _reset),
+    ],
+    ids=["operational-2", "operational-50", "pool-timeout-3", "pool-timeout-50", "reset-2"],
+)
 def test_store_write_failure_after_refresh(
-    backend: str, tmp_path: Path, oidc: OidcServer, monkeypatch: pytest.MonkeyPatch, failures: int, succeeds: bool
+    backend: str,
+    tmp_path: Path,
+    oidc: OidcServer,
+    monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+    succeeds: bool,
+    error: object,
 ) -> None:
     with running_server(backend, tmp_path, worker=False) as gk:
         setup_oidc_integration(gk, oidc)
@@ -49,16 +80,16 @@ def test_store_write_failure_after_refresh(
                 async with rt.engine.connect() as conn:
                     rec = await grant_store.get_by_id_any_env(conn, gid)
                 assert rec is not None
-                real = grant_store.update_fenced
+                real = lease.write_tokens
                 left = {"n": failures}
 
                 async def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
                     if left["n"] > 0:
                         left["n"] -= 1
-                        raise OperationalError("UPDATE grants", {}, Exception("database is down"))
+                        raise error()  # type: ignore[operator]
                     return await real(*args, **kwargs)
 
-                monkeypatch.setattr(grant_store, "update_fenced", flaky)
+                monkeypatch.setattr(lease, "write_tokens", flaky)
                 monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
                 before = oidc.stats()["token"]["refresh_token"]
                 if succeeds:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from grantkeeper.errors import (
     GrantkeeperError,
+    IntegrationMisconfigured,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
@@ -26,6 +27,7 @@ from grantkeeper.errors import (
     StoreUnavailable,
     TokenExchangeError,
 )
+from grantkeeper.store.unavailable import UNAVAILABLE
 
 __all__ = ["install_error_handlers", "problem", "problem_response"]
 
@@ -43,6 +45,7 @@ _HTTP_CODES = {
     413: ("payload_too_large", "Request body too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
     422: ("invalid_input", "Invalid input"),
+    424: ("integration_misconfigured", "The provider refuses the integration's client"),
     429: ("rate_limited", "Too many requests"),
     500: ("internal_error", "Internal error"),
     502: ("bad_gateway", "Bad gateway"),
@@ -101,7 +104,7 @@ def error_response(exc: GrantkeeperError) -> Response:
     if isinstance(exc, TokenExchangeError):
         return oauth_error_response(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, ProviderUnavailable | RateLimited):
+    if isinstance(exc, ProviderUnavailable | RateLimited | IntegrationMisconfigured):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, RefreshBusy | StoreUnavailable):
         headers["Retry-After"] = str(exc.retry_after)
@@ -161,6 +164,11 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) and exc.status_code != 500 else title
         return problem_response(exc.status_code, code, title, detail, headers=exc.headers)
 
+    async def on_store(_: Request, exc: Exception) -> Response:
+        # the database is down, restarting or its pool is exhausted: transient, never a 500
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(StoreUnavailable("the database is unavailable; retry shortly"))
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         return unexpected_error_response(exc)
 
@@ -168,6 +176,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GrantkeeperError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, on_store)
     app.add_exception_handler(Exception, on_unexpected)
 
 
@@ -192,7 +202,7 @@ _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _COMMON = (400, 401, 403, 404, 422)
 _WITH_BODY = (413, 415)
 _BY_OPERATION: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/grants/{grant_id}/token"): (409, 429, 503),
+    ("post", "/v1/grants/{grant_id}/token"): (409, 424, 429, 503),
     ("post", "/v1/connect/sessions"): (429,),
     ("post", "/v1/connect/sessions/{session_id}/tokens"): (410,),
     ("post", "/v1/grants/{grant_id}/reconnect"): (409,),
@@ -237,7 +247,7 @@ def _document_problems(app: FastAPI) -> None:
                         "description": title,
                         "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
                     }
-                    if status in (429, 503):
+                    if status in (424, 429, 503):
                         response["headers"] = {
                             "Retry-After": {
                                 "description": "seconds to wait before retrying",

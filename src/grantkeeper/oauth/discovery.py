@@ -16,6 +16,7 @@ import orjson
 
 from grantkeeper.errors import InvalidInput, ProviderUnavailable
 from grantkeeper.netguard import check_url
+from grantkeeper.oauth.body import BodyTooLarge, read_body
 
 __all__ = ["DiscoveryCache", "ProviderMetadata"]
 
@@ -66,8 +67,14 @@ class DiscoveryCache:
             ) as resp:
                 if resp.status != 200:
                     raise ProviderUnavailable(f"{url} answered HTTP {resp.status}")
-                data = orjson.loads(await resp.content.read(1_048_576))
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+                data = orjson.loads(await read_body(resp))
+        except (
+            TimeoutError,
+            aiohttp.ClientError,
+            OSError,
+            orjson.JSONDecodeError,
+            BodyTooLarge,
+        ) as exc:
             raise ProviderUnavailable(
                 f"could not fetch provider metadata ({type(exc).__name__})"
             ) from None

@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, quote
 import aiohttp
 import orjson
 
-from grantkeeper.errors import ProviderUnavailable
+from grantkeeper.errors import ProviderOutcomeUnknown, ProviderUnavailable
+from grantkeeper.oauth.body import BodyTooLarge, read_body
 
 __all__ = [
     "ClientCredentials",
@@ -45,13 +46,17 @@ _KNOWN = {
 _SECRETISH = re.compile(r"token|secret|code|password|key|signature|assertion", re.I)
 _PERMANENT = {
     "invalid_grant",
-    "unauthorized_client",
     "invalid_scope",
     "access_denied",
     "consent_required",
     "interaction_required",
     "login_required",
 }
+
+
+#: the provider refuses the app's own client: every grant of the integration is affected,
+#: none of them is dead (v2 contract, "Durability and operations")
+_INTEGRATION = {"invalid_client", "unauthorized_client"}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -106,6 +111,17 @@ class OAuthErrorResponse(Exception):
     def permanent(self) -> bool:
         """The grant itself is dead (vs. a misconfiguration or a transient problem)."""
         return self.error in _PERMANENT
+
+    @property
+    def kind(self) -> str:
+        """Whose problem it is: ``grant`` (the user must reconnect), ``integration`` (the
+        app's client was refused: ``invalid_client``, ``unauthorized_client``), or
+        ``other`` (a request the provider did not like this time)."""
+        if self.error in _PERMANENT:
+            return "grant"
+        if self.error in _INTEGRATION:
+            return "integration"
+        return "other"
 
 
 def scrub(text: str | None, secrets: Iterable[str | None] = (), limit: int = 200) -> str | None:
@@ -192,9 +208,20 @@ async def post_form(
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as resp:
-            raw = await resp.content.read(1_048_576)
             status = resp.status
             rh = resp.headers
+            try:
+                raw = await read_body(resp)
+            except (TimeoutError, aiohttp.ClientError, OSError, BodyTooLarge) as exc:
+                if 200 <= status < 300:
+                    raise ProviderOutcomeUnknown(
+                        f"the provider's HTTP {status} answer could not be read whole "
+                        f"({type(exc).__name__})"
+                    ) from None
+                raise ProviderUnavailable(
+                    f"the provider's HTTP {status} answer could not be read ({type(exc).__name__})",
+                    retry_after=_retry_after(rh),
+                ) from None
     except TimeoutError:
         raise ProviderUnavailable("the provider did not answer in time", retry_after=5) from None
     except (aiohttp.ClientError, OSError) as exc:
@@ -210,7 +237,10 @@ async def post_form(
         parsed = orjson.loads(raw) if raw else {}
         body = parsed if isinstance(parsed, dict) else {}
     except orjson.JSONDecodeError:
-        body = dict(parse_qsl(raw.decode("utf-8", "replace")))
+        if raw.lstrip()[:1] in (b"{", b"["):
+            body = {}  # JSON cut short or broken: not a form either
+        else:
+            body = dict(parse_qsl(raw.decode("utf-8", "replace")))
     return status, body, rh
 
 
@@ -254,6 +284,13 @@ async def token_request(
     if normalise is not None:
         body = normalise(body)
     _raise_for_error(status, body, secrets)
+    if 200 <= status < 300 and not (
+        isinstance(body.get("access_token"), str) and body["access_token"]
+    ):
+        # a success we cannot use: the provider may still have rotated the refresh token
+        raise ProviderOutcomeUnknown(
+            f"the provider's HTTP {status} token response could not be parsed"
+        )
     return parse_token_body(body)
 
 

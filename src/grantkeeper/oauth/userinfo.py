@@ -9,6 +9,7 @@ import orjson
 
 from grantkeeper.errors import ProviderUnavailable
 from grantkeeper.netguard import check_url
+from grantkeeper.oauth.body import BodyTooLarge, read_body
 from grantkeeper.runtime import Runtime
 
 __all__ = ["fetch_userinfo"]
@@ -26,8 +27,8 @@ async def fetch_userinfo(rt: Runtime, url: str, access_token: str) -> dict[str, 
         ) as resp:
             if resp.status != 200:
                 return None
-            data = orjson.loads(await resp.content.read(1_048_576))
-    except (TimeoutError, aiohttp.ClientError, OSError):
+            data = orjson.loads(await read_body(resp))
+    except (TimeoutError, aiohttp.ClientError, OSError, BodyTooLarge):
         raise ProviderUnavailable("could not reach the provider's userinfo endpoint") from None
     except orjson.JSONDecodeError:
         return None

@@ -1,25 +1,36 @@
 """Single-flight refresh across every process sharing the database.
 
-How one refresh stays one:
+How one refresh stays one, and how a rotated refresh token is never dropped:
 
-1. In-process coalescing: concurrent callers in one process share one task
-   per grant (``Runtime.inflight``). An optimisation only.
-2. Cross-process lease: a conditional ``UPDATE grants SET lease_owner, lease_until
-   WHERE lease free or expired`` (works on PostgreSQL and SQLite alike, holds no
-   connection during the provider call). Waiters poll, then re-read: if the
-   token generation (``version``) moved on, they use the new token.
-3. Fencing: the new tokens are written with ``WHERE version = <read version>``
-   so a stale writer can never overwrite a newer refresh token.
-4. Durable first: the rotated refresh token is committed before the access
-   token is returned; a failed write is retried from memory and never reported
-   as success.
-5. ``invalid_grant``: re-read first; only if nobody refreshed meanwhile is the
-   grant marked ``invalid`` (one ``grant.invalid`` event, thanks to the
-   conditional update), after which no provider call is made for it.
+1. In-process coalescing: concurrent callers in one process share one task per
+   grant (``Runtime.inflight``). The task is never cancelled by its callers (they
+   await it through ``asyncio.shield``): a client that hangs up, a request timeout
+   or a shutdown cannot cut a refresh off between the provider's answer and the
+   commit. ``drain`` waits for these tasks when the process stops.
+2. Cross-process lease (``refresh.lease``): claimed before anything else, renewed
+   before the provider call (for a budget covering the call and the persist
+   retries) and before each persist retry, released only by its owner and only when
+   the outcome is known. Lease arithmetic uses the database's clock.
+3. Fencing: the new generation is written only into an ``active`` grant still at the
+   generation read, whose lease is ours (or free); the generation is bumped in SQL.
+   Tokens minted for a grant that was deleted meanwhile are revoked at the provider.
+4. Durable first: the rotated refresh token is committed before the access token is
+   returned; the write is retried from memory on every database or pool error and
+   never reported as success when it failed (``StoreUnavailable``: 503).
+5. Failure classes of a provider answer:
+   - grant-level (``invalid_grant`` and friends): re-read first; only if nobody
+     refreshed meanwhile is the grant marked ``invalid`` (one ``grant.invalid`` event);
+   - integration-level (``invalid_client``, ``unauthorized_client``): the grant stays
+     active; the integration shows ``failing`` and backs off (bounded; first retry
+     within 30 s); ``IntegrationMisconfigured`` (424);
+   - transient (5xx, 429, timeouts, network): bounded backoff (``retry_at``),
+     ``ProviderUnavailable`` (503 with Retry-After);
+   - outcome unknown (a 2xx that could not be read whole or parsed): the provider
+     may have rotated, so the same refresh token is presented again at once
+     (providers with a reuse grace window accept it); if that is unknown too, the
+     lease is kept until it expires, and it is logged and counted.
 
-Transient failures (5xx, 429, timeouts, network) leave the grant active with a
-backoff (``retry_at``) and raise ``ProviderUnavailable``; a lease wait that
-times out raises ``RefreshBusy``. Neither is ever a credential failure.
+A lease wait that times out raises ``RefreshBusy``. None of these is a 500.
 """
 
 from __future__ import annotations
@@ -30,36 +41,58 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-
-from sqlalchemy.exc import DBAPIError, OperationalError
+from typing import Any
 
 from grantkeeper import audit, events
 from grantkeeper.clock import iso
 from grantkeeper.credential_grants import mint_tokens
 from grantkeeper.errors import (
     GrantInvalid,
+    GrantkeeperError,
     GrantRevoked,
+    IntegrationMisconfigured,
     NotFound,
+    ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
     RefreshBusy,
     StoreUnavailable,
 )
 from grantkeeper.grants import grant_view, open_token, token_columns
-from grantkeeper.integrations import resolve
-from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
+from grantkeeper.integrations import ResolvedIntegration, resolve
+from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, revoke_token, token_request
 from grantkeeper.providers.catalog import MINTING_MODES
 from grantkeeper.providers.quirks import apply_refresh_request, apply_token_response
-from grantkeeper.refresh.policy import backoff, effective_min_ttl
+from grantkeeper.refresh import lease
+from grantkeeper.refresh.policy import backoff
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store.db import reading
-from grantkeeper.store.records import GrantRecord
+from grantkeeper.store.records import GrantRecord, IntegrationRecord
+from grantkeeper.store.unavailable import DB_ERRORS
 
-__all__ = ["IssuedToken", "ensure_fresh", "raise_for_status", "refresh"]
+__all__ = [
+    "IssuedToken",
+    "drain",
+    "ensure_fresh",
+    "in_backoff",
+    "lease_budget",
+    "raise_for_status",
+    "refresh",
+]
 
 log = logging.getLogger(__name__)
+
+#: how often a refreshed token's write is tried, and the pause between tries (seconds)
+PERSIST_ATTEMPTS = 8
+PERSIST_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.0, 2.0)
+#: integration-level failures: first retry within 30 s, then doubling up to 10 minutes
+INTEGRATION_BACKOFF_BASE = 20.0
+INTEGRATION_BACKOFF_CAP = 600.0
+#: transient failures of one grant
+GRANT_BACKOFF_BASE = 2.0
+GRANT_BACKOFF_CAP = 600.0
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -88,21 +121,34 @@ def raise_for_status(rec: GrantRecord) -> None:
         )
 
 
+def lease_budget(rt: Runtime) -> float:
+    """Seconds a lease must last: discovery and the provider call (each up to the HTTP
+    timeout) plus every persist retry, with room to spare."""
+    s = rt.settings
+    return max(s.refresh_lease_seconds, 2 * s.http_timeout + sum(PERSIST_DELAYS) + 5.0)
+
+
 def _mints(rt: Runtime, rec: GrantRecord) -> bool:
     """Kinds whose tokens the vault mints (client credentials, JWT bearer, GitHub App)."""
     return rec.provider in rt.catalog and rt.catalog.get(rec.provider).auth_mode in MINTING_MODES
 
 
-def _usable(rec: GrantRecord, now: float, min_ttl: float) -> bool:
+def _valid(rec: GrantRecord, now: float, ttl: float = 1.0) -> bool:
     if rec.access_token_ct is None:
         return False
     exp = rec.access_token_expires_at
-    return exp is None or exp - now >= min_ttl
+    return exp is None or exp - now >= ttl
+
+
+def in_backoff(rt: Runtime, rec: GrantRecord) -> bool:
+    """The provider failed recently for this grant: no call before ``retry_at``."""
+    return rec.retry_at is not None and rec.retry_at > rt.clock.now()
 
 
 def issued(rt: Runtime, rec: GrantRecord) -> IssuedToken:
     token = open_token(rt.vault, rec, "access_token")
-    assert token is not None
+    if token is None:
+        raise ProviderUnavailable("no access token is available for this grant yet")
     return IssuedToken(
         access_token=token,
         token_type=rec.token_type,
@@ -121,19 +167,18 @@ async def ensure_fresh(
 ) -> GrantRecord:
     """Return a record whose access token lives at least ``min_ttl`` (refreshing once if needed).
 
-    ``rec`` was just read by the caller (who checked environment and scope).
+    ``rec`` was just read by the caller (who checked environment and scope). The
+    v2 contract: below ``min_ttl`` the vault refreshes, unless the per-grant budget
+    says a token was minted moments ago (then that newest token is the answer);
+    ``force`` always refreshes, budget or not; only the backoff after provider
+    failures turns either into a 503.
     """
     raise_for_status(rec)
     now = rt.clock.now()
-    ttl = effective_min_ttl(
-        min_ttl, expires_at=rec.access_token_expires_at, issued_at=rec.last_refreshed_at
-    )
-    if not force and _usable(rec, now, ttl):
+    if not force and _valid(rec, now, min_ttl):
         return rec
     if rec.refresh_token_ct is None and not _mints(rt, rec):
-        if rec.access_token_ct is not None and (
-            rec.access_token_expires_at is None or rec.access_token_expires_at > now
-        ):
+        if _valid(rec, now, 0.0):
             return rec  # nothing to refresh with: the best we have is still valid
         raise GrantInvalid(
             "the access token expired and the grant holds no refresh token; the user must reconnect",
@@ -143,9 +188,7 @@ async def ensure_fresh(
                 "at": None,
             },
         )
-    still_valid = rec.access_token_ct is not None and (
-        rec.access_token_expires_at is None or rec.access_token_expires_at > now + 1
-    )
+    still_valid = _valid(rec, now)
     if (
         not force
         and still_valid
@@ -154,25 +197,28 @@ async def ensure_fresh(
     ):
         # per-grant budget: a token minted moments ago is the best there is
         return rec
-    if not force and rec.retry_at is not None and rec.retry_at > now:
+    if in_backoff(rt, rec):
         # the provider failed recently: back off instead of calling it on every request
-        if rec.access_token_ct is not None and (
-            rec.access_token_expires_at is None or rec.access_token_expires_at > now + 1
-        ):
+        assert rec.retry_at is not None
+        if still_valid and not force:
             return rec
         raise ProviderUnavailable(
             "the provider failed recently; retrying later",
-            retry_after=math.ceil(rec.retry_at - now),
+            retry_after=max(1, math.ceil(rec.retry_at - now)),
         )
     try:
         return await refresh(
             rt, rec.environment_id, rec.id, seen_version=rec.version, trigger="on_demand"
         )
-    except (ProviderUnavailable, RefreshBusy, ProviderRejected, StoreUnavailable):
+    except (
+        ProviderUnavailable,
+        RefreshBusy,
+        ProviderRejected,
+        StoreUnavailable,
+        IntegrationMisconfigured,
+    ):
         # serve a token that is still valid, even if shorter-lived than asked
-        if rec.access_token_ct is not None and (
-            rec.access_token_expires_at is None or rec.access_token_expires_at > rt.clock.now() + 1
-        ):
+        if not force and _valid(rec, rt.clock.now()):
             return rec
         raise
 
@@ -186,26 +232,51 @@ async def refresh(
     trigger: str,
     lease_owner: str | None = None,
 ) -> GrantRecord:
-    """Refresh once (coalesced in-process, leased across processes)."""
-    fut = rt.inflight.get(grant_id)
-    if fut is not None:
-        return await asyncio.shield(fut)
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    rt.inflight[grant_id] = fut
-    try:
-        result = await _refresh_leased(
-            rt, environment_id, grant_id, seen_version, trigger, lease_owner
+    """Refresh once (coalesced in-process, leased across processes).
+
+    The work runs in its own task that callers never cancel: cancelling a caller
+    (a client gone, a shutdown) leaves the provider call and the persist running.
+    """
+    task = rt.inflight.get(grant_id)
+    if task is None or task.done():
+        task = asyncio.ensure_future(
+            _refresh_leased(rt, environment_id, grant_id, seen_version, trigger, lease_owner)
         )
-    except BaseException as exc:
-        fut.set_exception(exc)
-        fut.exception()  # mark retrieved: waiters may be none
-        raise
-    else:
-        fut.set_result(result)
-        return result
-    finally:
-        rt.inflight.pop(grant_id, None)
+        rt.inflight[grant_id] = task
+
+        def _done(t: asyncio.Future[Any]) -> None:
+            if rt.inflight.get(grant_id) is t:
+                del rt.inflight[grant_id]
+            if not t.cancelled():
+                t.exception()  # retrieved: there may be no caller left
+
+        task.add_done_callback(_done)
+    result: GrantRecord = await asyncio.shield(task)
+    return result
+
+
+async def drain(rt: Runtime, timeout: float) -> int:
+    """Wait up to ``timeout`` for every refresh in flight in this process; returns how
+    many were still running (their leases stay: the outcome is unknown)."""
+    pending = [t for t in rt.inflight.values() if not t.done()]
+    if not pending:
+        return 0
+    log.info("waiting up to %.1fs for %d refresh(es) in flight", timeout, len(pending))
+    _, still = await asyncio.wait(pending, timeout=max(timeout, 0.0))
+    if still:
+        log.warning("%d refresh(es) still in flight at shutdown; their leases expire", len(still))
+    return len(still)
+
+
+class _Progress:
+    """Whether the provider may have acted on the refresh token (the lease must then
+    stay), and whether a fenced write already dropped our lease."""
+
+    __slots__ = ("released", "unknown")
+
+    def __init__(self) -> None:
+        self.unknown = False
+        self.released = False
 
 
 async def _refresh_leased(
@@ -218,15 +289,16 @@ async def _refresh_leased(
 ) -> GrantRecord:
     s = rt.settings
     owner = lease_owner or f"{rt.instance_id}:{secrets.token_hex(4)}"
+    budget = lease_budget(rt)
     deadline = time.monotonic() + s.refresh_wait_timeout
     delay = 0.02
     while True:
-        now = rt.clock.now()
-        async with rt.engine.begin() as conn:
-            claimed = await store.claim_lease(
-                conn, environment_id, grant_id, owner, now, now + s.refresh_lease_seconds
-            )
-            rec = await store.get(conn, environment_id, grant_id)
+        try:
+            async with rt.engine.begin() as conn:
+                claimed = await lease.claim(conn, environment_id, grant_id, owner, budget)
+                rec = await store.get(conn, environment_id, grant_id)
+        except DB_ERRORS as exc:
+            raise StoreUnavailable("the database is unavailable; retry shortly") from exc
         if rec is None:
             raise NotFound("no such grant")
         raise_for_status(rec)
@@ -237,7 +309,7 @@ async def _refresh_leased(
         ):
             # somebody refreshed since the caller looked: use theirs
             if claimed:
-                await _release(rt, environment_id, grant_id, owner)
+                await _release(rt, rec, owner)
             return rec
         if claimed:
             break
@@ -245,34 +317,68 @@ async def _refresh_leased(
             raise RefreshBusy("another process is refreshing this grant; retry shortly")
         await asyncio.sleep(delay)
         delay = min(delay * 1.6, 0.25)
+    progress = _Progress()
     try:
-        return await _refresh_at_provider(rt, rec, owner, trigger)
-    except BaseException:
-        # never leave a live lease behind on our own errors (a crash just lets it expire)
-        try:
-            await asyncio.shield(_release(rt, environment_id, grant_id, owner))
-        except Exception:  # noqa: BLE001 - the lease expires by itself
-            log.warning("could not release refresh lease for grant %s", grant_id)
-        raise
+        return await _refresh_at_provider(rt, rec, owner, trigger, progress)
+    finally:
+        if progress.unknown:
+            # the provider may have rotated: nobody may present this refresh token again
+            # until the lease expires (a crash leaves it the same way)
+            log.warning("grant %s: refresh outcome unknown; keeping the lease", rec.id)
+        elif not progress.released:
+            await asyncio.shield(_release(rt, rec, owner))
 
 
-async def _release(rt: Runtime, environment_id: str, grant_id: str, owner: str) -> None:
-    async with rt.engine.begin() as conn:
-        await store.release_lease(conn, environment_id, grant_id, owner)
+async def _release(rt: Runtime, rec: GrantRecord, owner: str) -> None:
+    try:
+        async with rt.engine.begin() as conn:
+            await lease.release(conn, rec.environment_id, rec.id, owner)
+    except DB_ERRORS:
+        log.warning("grant %s: could not release the refresh lease; it expires", rec.id)
+
+
+async def _renew(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
+    """Extend our lease; None when the database did not answer (the write will tell)."""
+    try:
+        async with rt.engine.begin() as conn:
+            return await lease.renew(conn, rec.environment_id, rec.id, owner, lease_budget(rt))
+    except DB_ERRORS:
+        return None
+
+
+async def _read(rt: Runtime, rec: GrantRecord) -> GrantRecord | None:
+    async with reading(rt.engine) as conn:
+        return await store.get(conn, rec.environment_id, rec.id)
 
 
 async def _refresh_at_provider(
-    rt: Runtime, rec: GrantRecord, owner: str, trigger: str
+    rt: Runtime, rec: GrantRecord, owner: str, trigger: str, progress: _Progress
 ) -> GrantRecord:
-    s = rt.settings
     async with reading(rt.engine) as conn:
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
     if integ is None:
         raise NotFound("the grant's integration no longer exists")
+    now = rt.clock.now()
+    if integ.failure_code is not None and integ.retry_at is not None and integ.retry_at > now:
+        # the provider refused the integration's client moments ago: wait for its backoff
+        await _record_failure(
+            rt, rec, owner, integ.failure_code, None, retry_at=integ.retry_at, count=False
+        )
+        raise _misconfigured(integ, now)
     spec = rt.catalog.get(integ.provider)
+    minting = spec.auth_mode in MINTING_MODES
+    resolved: ResolvedIntegration | None = None
     refresh_token: str | None = None
-    if spec.auth_mode not in MINTING_MODES:
-        resolved = await resolve(rt, integ)
+    params: dict[str, str] = {}
+    if not minting:
+        try:
+            resolved = await resolve(rt, integ)
+        except ProviderUnavailable as exc:
+            await _record_failure(
+                rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after
+            )
+            raise
+        spec = resolved.spec
         refresh_token = open_token(rt.vault, rec, "refresh_token")
         assert refresh_token is not None
         params = apply_refresh_request(
@@ -280,37 +386,89 @@ async def _refresh_at_provider(
         )
         if resolved.resource:
             params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
-    started = time.monotonic()
+    # the lease must outlast the call and every persist retry from here on
+    renewed = await _renew(rt, rec, owner)
+    if renewed is False:
+        current = await _read(rt, rec)
+        if current is None:
+            raise NotFound("no such grant")
+        raise_for_status(current)
+        if current.version != rec.version and current.access_token_ct is not None:
+            return current
+        raise RefreshBusy("another process took over this refresh; retry shortly")
     metrics = rt.metrics
-    try:
-        if spec.auth_mode in MINTING_MODES:
-            # the kind mints a new token (client credentials, JWT assertion, app JWT) under
-            # the same lease and fencing as a refresh; it never yields a refresh token
-            tokens = await mint_tokens(rt, rec)
-        else:
-            tokens = await token_request(
+
+    async def call() -> TokenSet:
+        started = time.monotonic()
+        try:
+            if resolved is None:
+                # the kind mints a new token (client credentials, JWT assertion, app JWT)
+                # under the same lease and fencing as a refresh; never a refresh token
+                return await mint_tokens(rt, rec)
+            return await token_request(
                 rt.http,
                 resolved.token_url,
                 resolved.client,
                 params,
-                timeout=s.http_timeout,
+                timeout=rt.settings.http_timeout,
                 normalise=lambda body: apply_token_response(spec, body),
             )
+        finally:
+            metrics.refresh_seconds.labels(spec.name).observe(time.monotonic() - started)
+
+    progress.unknown = True
+    try:
+        try:
+            tokens = await call()
+        except ProviderOutcomeUnknown as exc:
+            metrics.refreshes.labels(spec.name, "unknown", trigger).inc()
+            log.warning(
+                "grant %s: refresh outcome unknown (%s); presenting the same refresh token again",
+                rec.id,
+                exc.detail,
+            )
+            tokens = await call()
+    except ProviderOutcomeUnknown as exc:
+        metrics.refreshes.labels(spec.name, "unknown", trigger).inc()
+        log.error("grant %s: refresh outcome unknown twice; the lease is kept", rec.id)
+        await _record_failure(
+            rt, rec, owner, "outcome_unknown", exc.detail, exc.retry_after, keep_lease=True
+        )
+        raise
     except ProviderUnavailable as exc:
+        # no answer we could read: a lost answer after the provider rotated is possible,
+        # but so is a refused connection; the lease is released (documented trade-off)
+        progress.unknown = False
         metrics.refreshes.labels(spec.name, "transient", trigger).inc()
-        await _record_transient(rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after)
+        await _record_failure(rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after)
         raise
     except OAuthErrorResponse as exc:
-        if exc.permanent:
+        progress.unknown = False
+        if exc.kind == "grant":
             metrics.refreshes.labels(spec.name, "invalid", trigger).inc()
-            return await _mark_invalid(rt, rec, owner, exc)
+            return await _mark_invalid(rt, rec, owner, exc, progress)
+        if exc.kind == "integration":
+            metrics.refreshes.labels(spec.name, "misconfigured", trigger).inc()
+            raise await _integration_failed(rt, rec, owner, integ, exc) from None
         metrics.refreshes.labels(spec.name, "rejected", trigger).inc()
-        await _record_transient(rt, rec, owner, exc.error, exc.description, None)
+        await _record_failure(rt, rec, owner, exc.error, exc.description, None)
         raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
-    finally:
-        metrics.refresh_seconds.labels(spec.name).observe(time.monotonic() - started)
     metrics.refreshes.labels(spec.name, "success", trigger).inc()
-    return await _persist(rt, rec, owner, tokens, refresh_token, trigger)
+    fresh = await _persist(rt, rec, owner, tokens, refresh_token, trigger, resolved)
+    progress.unknown = False
+    progress.released = True
+    if integ.failure_code is not None:
+        await _integration_recovered(rt, integ)
+    return fresh
+
+
+def _misconfigured(integ: IntegrationRecord, now: float) -> IntegrationMisconfigured:
+    retry_after = math.ceil((integ.retry_at or now) - now) if integ.retry_at else 30
+    return IntegrationMisconfigured(
+        f"the provider refuses the client of integration {integ.id!r} ({integ.failure_code}); "
+        "the grant stays active and is retried automatically",
+        retry_after=max(1, retry_after),
+    )
 
 
 async def _persist(
@@ -320,6 +478,7 @@ async def _persist(
     tokens: TokenSet,
     old_refresh_token: str | None,
     trigger: str,
+    resolved: ResolvedIntegration | None,
 ) -> GrantRecord:
     """Commit the new generation before anything else; retry the write from memory."""
     now = rt.clock.now()
@@ -337,25 +496,27 @@ async def _persist(
         now=now,
     )
     values = dict(stored.columns)
+    values.pop("version")  # bumped in SQL by the fenced write
     if values["api_base_url"] is None:
         values["api_base_url"] = rec.api_base_url
     values.update(
         last_refreshed_at=now,
-        lease_owner=None,
-        lease_until=None,
         refresh_attempts=0,
         retry_at=None,
         failure_code=None,
         failure_description=None,
         failed_at=None,
     )
-    delay = 0.05
-    last_exc: Exception | None = None
-    for _attempt in range(6):
+    rotated = tokens.refresh_token is not None and tokens.refresh_token != old_refresh_token
+    last_exc: BaseException | None = None
+    for attempt in range(PERSIST_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(PERSIST_DELAYS[min(attempt - 1, len(PERSIST_DELAYS) - 1)])
+            await _renew(rt, rec, owner)
         try:
             async with rt.engine.begin() as conn:
-                ok = await store.update_fenced(
-                    conn, rec.environment_id, rec.id, rec.version, values
+                ok = await lease.write_tokens(
+                    conn, rec.environment_id, rec.id, owner, rec.version, values
                 )
                 if ok:
                     await audit.record(
@@ -367,97 +528,189 @@ async def _persist(
                         grant_id=rec.id,
                         integration_id=rec.integration_id,
                         trigger=trigger,
-                        rotated=tokens.refresh_token is not None
-                        and tokens.refresh_token != old_refresh_token,
+                        rotated=rotated,
                     )
                 fresh = await store.get(conn, rec.environment_id, rec.id)
-            if not ok:
-                log.warning(
-                    "grant %s: a newer token generation was written meanwhile; keeping it", rec.id
-                )
-            assert fresh is not None
-            return fresh
-        except (OperationalError, DBAPIError) as exc:
+        except DB_ERRORS as exc:
             last_exc = exc
             log.warning(
                 "grant %s: storing refreshed tokens failed (%s); retrying",
                 rec.id,
                 type(exc).__name__,
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            continue
+        if ok:
+            assert fresh is not None
+            return fresh
+        if fresh is None or fresh.status != "active":
+            # deleted (or marked invalid) while the provider was minting these tokens:
+            # they must not outlive the grant at the provider either
+            await _revoke_minted(rt, resolved, tokens, old_refresh_token, rec.id)
+            if fresh is None:
+                raise NotFound("no such grant")
+            raise_for_status(fresh)
+        if fresh.version != rec.version:
+            log.warning(
+                "grant %s: a newer token generation was written meanwhile; keeping it", rec.id
+            )
+            return fresh
+        # same generation, still active, but another process holds a live lease: it is
+        # presenting the refresh token we just spent; wait for it to finish, then write
+        log.warning("grant %s: the refresh lease is held by another process; waiting", rec.id)
     log.error("grant %s: refreshed tokens could not be stored", rec.id)
     raise StoreUnavailable("the refreshed token could not be stored; retry shortly") from last_exc
 
 
-async def _record_transient(
+async def _revoke_minted(
+    rt: Runtime,
+    resolved: ResolvedIntegration | None,
+    tokens: TokenSet,
+    old_refresh_token: str | None,
+    grant_id: str,
+) -> None:
+    if resolved is None or not resolved.revocation_url:
+        return
+    if tokens.refresh_token and tokens.refresh_token != old_refresh_token:
+        token, hint = tokens.refresh_token, "refresh_token"
+    else:
+        token, hint = tokens.access_token, "access_token"
+    for attempt in range(3):
+        try:
+            await revoke_token(
+                rt.http,
+                resolved.revocation_url,
+                resolved.client,
+                token,
+                hint,
+                timeout=rt.settings.http_timeout,
+            )
+            log.info("grant %s: revoked the tokens minted while it was deleted", grant_id)
+            return
+        except ProviderUnavailable:
+            await asyncio.sleep(0.5 * (attempt + 1))
+        except OAuthErrorResponse as exc:
+            log.warning("grant %s: the provider refused the revocation (%s)", grant_id, exc.error)
+            return
+    log.warning("grant %s: could not revoke the tokens minted while it was deleted", grant_id)
+
+
+async def _record_failure(
     rt: Runtime,
     rec: GrantRecord,
     owner: str,
     code: str,
     description: str | None,
-    retry_after: float | None,
+    retry_after: float | None = None,
+    *,
+    retry_at: float | None = None,
+    keep_lease: bool = False,
+    count: bool = True,
 ) -> None:
+    """Back off this grant (only while we hold its lease: never another process's)."""
     now = rt.clock.now()
-    attempts = rec.refresh_attempts + 1
-    retry_at = now + backoff(attempts, retry_after=retry_after)
-    async with rt.engine.begin() as conn:
-        await store.update_grant(
-            conn,
-            rec.environment_id,
-            rec.id,
-            {
-                "refresh_attempts": attempts,
-                "retry_at": retry_at,
-                "lease_owner": None,
-                "lease_until": None,
-            },
+    attempts = rec.refresh_attempts + 1 if count else rec.refresh_attempts
+    if retry_at is None:
+        retry_at = now + backoff(
+            attempts, base=GRANT_BACKOFF_BASE, cap=GRANT_BACKOFF_CAP, retry_after=retry_after
         )
-        await audit.record(
-            conn,
-            environment_id=rec.environment_id,
-            actor="system",
-            action="grant.refresh_failed",
-            now=now,
-            grant_id=rec.id,
-            integration_id=rec.integration_id,
-            code=code,
-            transient=True,
-            description=description,
-        )
+    try:
+        async with rt.engine.begin() as conn:
+            mine = await lease.fail(
+                conn,
+                rec.environment_id,
+                rec.id,
+                owner,
+                {"refresh_attempts": attempts, "retry_at": retry_at},
+                keep_lease=keep_lease,
+            )
+            if mine and count:
+                await audit.record(
+                    conn,
+                    environment_id=rec.environment_id,
+                    actor="system",
+                    action="grant.refresh_failed",
+                    now=now,
+                    grant_id=rec.id,
+                    integration_id=rec.integration_id,
+                    code=code,
+                    transient=True,
+                    description=description,
+                )
+    except DB_ERRORS:
+        log.warning("grant %s: could not record the refresh failure", rec.id)
+
+
+async def _integration_failed(
+    rt: Runtime,
+    rec: GrantRecord,
+    owner: str,
+    integ: IntegrationRecord,
+    exc: OAuthErrorResponse,
+) -> GrantkeeperError:
+    now = rt.clock.now()
+    retry_at = now + backoff(
+        integ.failure_attempts + 1, base=INTEGRATION_BACKOFF_BASE, cap=INTEGRATION_BACKOFF_CAP
+    )
+    log.warning(
+        "integration %s: the provider refuses its client (%s); grants stay active",
+        integ.id,
+        exc.error,
+    )
+    try:
+        async with rt.engine.begin() as conn:
+            await integration_store.record_failure(
+                conn,
+                integ.environment_id,
+                integ.id,
+                code=exc.error,
+                description=exc.description,
+                now=now,
+                retry_at=retry_at,
+            )
+    except DB_ERRORS:
+        log.warning("integration %s: could not record the failure", integ.id)
+    await _record_failure(rt, rec, owner, exc.error, exc.description, retry_at=retry_at)
+    return IntegrationMisconfigured(
+        f"the provider refuses the client of integration {integ.id!r} ({exc.error}); "
+        "the grant stays active and is retried automatically",
+        retry_after=max(1, math.ceil(retry_at - now)),
+    )
+
+
+async def _integration_recovered(rt: Runtime, integ: IntegrationRecord) -> None:
+    try:
+        async with rt.engine.begin() as conn:
+            await integration_store.clear_failure(conn, integ.environment_id, integ.id)
+        log.info("integration %s: the provider accepts its client again", integ.id)
+    except DB_ERRORS:
+        log.warning("integration %s: could not clear the failure", integ.id)
 
 
 async def _mark_invalid(
-    rt: Runtime, rec: GrantRecord, owner: str, exc: OAuthErrorResponse
+    rt: Runtime, rec: GrantRecord, owner: str, exc: OAuthErrorResponse, progress: _Progress
 ) -> GrantRecord:
     now = rt.clock.now()
+    description = exc.description or "the provider refused the refresh token"
     async with rt.engine.begin() as conn:
-        current = await store.get(conn, rec.environment_id, rec.id)
-        if current is not None and current.version != rec.version and current.status == "active":
-            # someone stored a newer refresh token meanwhile: ours was simply stale
-            await store.release_lease(conn, rec.environment_id, rec.id, owner)
-            return current
-        description = exc.description or "the provider refused the refresh token"
-        marked = await store.update_fenced(
+        marked = await lease.mark_invalid(
             conn,
             rec.environment_id,
             rec.id,
+            owner,
             rec.version,
             {
-                "status": "invalid",
                 "failure_code": exc.error,
                 "failure_description": description[:500],
                 "failed_at": now,
                 "refresh_due_at": None,
-                "lease_owner": None,
-                "lease_until": None,
                 "updated_at": now,
             },
-            require_status="active",
         )
         fresh = await store.get(conn, rec.environment_id, rec.id)
-        assert fresh is not None
+        if fresh is None:
+            raise NotFound("no such grant")
         if marked:
+            progress.released = True
             await events.emit(
                 conn,
                 environment_id=rec.environment_id,
@@ -476,4 +729,7 @@ async def _mark_invalid(
                 code=exc.error,
             )
     raise_for_status(fresh)
-    return fresh
+    if fresh.version != rec.version and fresh.access_token_ct is not None:
+        # someone stored a newer refresh token meanwhile: ours was simply stale
+        return fresh
+    raise RefreshBusy("another process is refreshing this grant; retry shortly")

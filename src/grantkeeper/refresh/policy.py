@@ -1,10 +1,10 @@
-"""Pure refresh arithmetic: due times, backoff, effective TTLs. No I/O."""
+"""Pure refresh arithmetic: due times and backoff. No I/O."""
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["backoff", "due_at", "effective_min_ttl"]
+__all__ = ["backoff", "due_at"]
 
 
 def due_at(
@@ -39,20 +39,24 @@ def due_at(
     return min(candidates) if candidates else None
 
 
-def effective_min_ttl(
-    min_ttl: float, *, expires_at: float | None, issued_at: float | None
-) -> float:
-    """A TTL the provider can satisfy: never more than half of the token's own lifetime."""
-    if expires_at is None or issued_at is None:
-        return min_ttl
-    lifetime = expires_at - issued_at
-    return min(min_ttl, max(lifetime / 2, 0.0))
-
-
 def backoff(
-    attempt: int, *, base: float = 2.0, cap: float = 600.0, retry_after: float | None = None
+    attempt: int,
+    *,
+    base: float = 2.0,
+    cap: float = 600.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
 ) -> float:
-    """Exponential backoff with full jitter, honouring a provider's Retry-After."""
-    d = min(cap, base * (2 ** max(attempt - 1, 0)))
-    d = random.uniform(d / 2, d)
-    return max(d, retry_after or 0.0)
+    """Exponential backoff with full jitter in ``[d/2, d]``, ``d = min(cap, base * 2**(attempt-1))``.
+
+    Bounded for any ``attempt`` (the exponent is clamped before the power, so a long
+    outage never overflows a float), and a provider's ``Retry-After`` is honoured up
+    to the cap.
+    """
+    r = rng or random
+    exponent = min(max(attempt - 1, 0), 60)
+    d = min(cap, base * (2.0**exponent))
+    d = r.uniform(d / 2, d)
+    if retry_after is not None and retry_after > 0:
+        d = max(d, min(float(retry_after), cap))
+    return d

@@ -14,9 +14,9 @@ import secrets
 from collections import defaultdict
 
 from grantkeeper.errors import GrantkeeperError
-from grantkeeper.refresh.engine import refresh
+from grantkeeper.refresh import lease
+from grantkeeper.refresh.engine import lease_budget, refresh
 from grantkeeper.runtime import Runtime
-from grantkeeper.store import grants as store
 
 __all__ = ["refresh_due"]
 
@@ -26,12 +26,12 @@ log = logging.getLogger(__name__)
 async def refresh_due(rt: Runtime) -> int:
     """One sweep; returns how many grants were attempted."""
     s = rt.settings
+    if rt.draining:
+        return 0
     now = rt.clock.now()
     owner = f"{rt.instance_id}:sweep:{secrets.token_hex(3)}"
     async with rt.engine.begin() as conn:
-        claimed = await store.claim_due(
-            conn, owner, now, now + s.refresh_lease_seconds, s.worker_batch
-        )
+        claimed = await lease.claim_due(conn, owner, now, lease_budget(rt), s.worker_batch)
     if not claimed:
         return 0
     overall = asyncio.Semaphore(s.worker_concurrency)
@@ -41,6 +41,11 @@ async def refresh_due(rt: Runtime) -> int:
 
     async def one(env: str, grant_id: str, version: int, provider: str) -> None:
         async with overall, per_provider[provider]:
+            if rt.draining:
+                # stopping: not sent to the provider yet, so give the lease back
+                async with rt.engine.begin() as conn:
+                    await lease.release(conn, env, grant_id, owner)
+                return
             try:
                 await refresh(
                     rt, env, grant_id, seen_version=version, trigger="proactive", lease_owner=owner

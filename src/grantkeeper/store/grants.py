@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.store._rows import to_record
@@ -13,8 +13,6 @@ from grantkeeper.store.records import GrantRecord
 from grantkeeper.store.tables import grants
 
 __all__ = [
-    "claim_due",
-    "claim_lease",
     "count_all_by_status",
     "count_by_status",
     "find_for_user",
@@ -22,8 +20,8 @@ __all__ = [
     "get_by_id_any_env",
     "insert_grant",
     "list_grants",
+    "mark_revoked",
     "oldest_due",
-    "release_lease",
     "update_fenced",
     "update_grant",
 ]
@@ -98,69 +96,32 @@ async def update_fenced(
     return r.rowcount > 0
 
 
-async def claim_lease(
-    conn: AsyncConnection, environment_id: str, grant_id: str, owner: str, now: float, until: float
+async def mark_revoked(
+    conn: AsyncConnection, environment_id: str, grant_id: str, now: float
 ) -> bool:
-    """Take the cross-process refresh lease if it is free or expired (a conditional UPDATE)."""
+    """Destroy the stored secrets and mark the grant ``revoked``.
+
+    The generation is bumped in SQL (never from an earlier read), which fences out a
+    refresh in flight: its write requires the generation it read and ``active``.
+    """
     r = await conn.execute(
         update(grants)
-        .where(
-            grants.c.environment_id == environment_id,
-            grants.c.id == grant_id,
-            grants.c.status == "active",
-            or_(
-                grants.c.lease_until.is_(None),
-                grants.c.lease_until < now,
-                grants.c.lease_owner == owner,
-            ),
+        .where(grants.c.environment_id == environment_id, grants.c.id == grant_id)
+        .values(
+            status="revoked",
+            access_token_ct=None,
+            refresh_token_ct=None,
+            id_token_ct=None,
+            credentials_ct=None,
+            version=grants.c.version + 1,
+            refresh_due_at=None,
+            lease_owner=None,
+            lease_until=None,
+            revoked_at=now,
+            updated_at=now,
         )
-        .values(lease_owner=owner, lease_until=until)
     )
     return r.rowcount > 0
-
-
-async def release_lease(
-    conn: AsyncConnection, environment_id: str, grant_id: str, owner: str
-) -> None:
-    await conn.execute(
-        update(grants)
-        .where(
-            grants.c.environment_id == environment_id,
-            grants.c.id == grant_id,
-            grants.c.lease_owner == owner,
-        )
-        .values(lease_owner=None, lease_until=None)
-    )
-
-
-async def claim_due(
-    conn: AsyncConnection, owner: str, now: float, until: float, limit: int
-) -> list[tuple[str, str, int, str]]:
-    """Claim up to ``limit`` grants due for proactive refresh: [(environment_id, id, version, provider)].
-
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint
-    sets; SQLite: the write lock taken at BEGIN serialises claimers.
-    """
-    due = and_(
-        grants.c.status == "active",
-        grants.c.refresh_due_at.is_not(None),
-        grants.c.refresh_due_at <= now,
-        or_(grants.c.retry_at.is_(None), grants.c.retry_at <= now),
-        or_(grants.c.lease_until.is_(None), grants.c.lease_until < now),
-    )
-    sub = select(grants.c.id).where(due).order_by(grants.c.refresh_due_at).limit(limit)
-    if conn.dialect.name == "postgresql":
-        sub = sub.with_for_update(skip_locked=True)
-    ids = [r[0] for r in (await conn.execute(sub)).all()]
-    if not ids:
-        return []
-    r = await conn.execute(
-        update(grants)
-        .where(grants.c.id.in_(ids), due)
-        .values(lease_owner=owner, lease_until=until)
-        .returning(grants.c.environment_id, grants.c.id, grants.c.version, grants.c.provider)
-    )
-    return [(a, b, c, d) for a, b, c, d in r.all()]
 
 
 async def list_grants(

@@ -11,7 +11,15 @@ from grantkeeper.store._rows import to_record
 from grantkeeper.store.records import IntegrationRecord
 from grantkeeper.store.tables import grants, integrations
 
-__all__ = ["delete_integration", "get", "has_grants", "list_integrations", "upsert"]
+__all__ = [
+    "clear_failure",
+    "delete_integration",
+    "get",
+    "has_grants",
+    "list_integrations",
+    "record_failure",
+    "upsert",
+]
 
 
 async def get(
@@ -83,3 +91,46 @@ async def delete_integration(
         )
     )
     return r.rowcount > 0
+
+
+async def record_failure(
+    conn: AsyncConnection,
+    environment_id: str,
+    integration_id: str,
+    *,
+    code: str,
+    description: str | None,
+    now: float,
+    retry_at: float,
+) -> None:
+    """The provider refused this integration's client; the attempt count grows in SQL."""
+    await conn.execute(
+        update(integrations)
+        .where(integrations.c.environment_id == environment_id, integrations.c.id == integration_id)
+        .values(
+            failure_code=code,
+            failure_description=(description or "")[:500] or None,
+            failed_at=now,
+            retry_at=retry_at,
+            failure_attempts=integrations.c.failure_attempts + 1,
+        )
+    )
+
+
+async def clear_failure(conn: AsyncConnection, environment_id: str, integration_id: str) -> None:
+    """The provider accepted the client again: back to ``ok``."""
+    await conn.execute(
+        update(integrations)
+        .where(
+            integrations.c.environment_id == environment_id,
+            integrations.c.id == integration_id,
+            integrations.c.failure_code.is_not(None),
+        )
+        .values(
+            failure_code=None,
+            failure_description=None,
+            failed_at=None,
+            retry_at=None,
+            failure_attempts=0,
+        )
+    )

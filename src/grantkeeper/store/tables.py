@@ -122,6 +122,13 @@ integrations = Table(
     Column("verify_request", JSON, nullable=True),
     Column("app_id", String(64), nullable=True),
     Column("private_key_ct", LargeBinary, nullable=True),
+    # the provider refused the integration's client (invalid_client, unauthorized_client):
+    # status "failing" until a refresh at retry_at (bounded backoff) succeeds
+    Column("failure_code", String(64), nullable=True),
+    Column("failure_description", String(500), nullable=True),
+    Column("failed_at", Double, nullable=True),
+    Column("retry_at", Double, nullable=True),
+    Column("failure_attempts", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("environment_id", "id"),
 )
 

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grantkeeper.refresh.policy import backoff, due_at, effective_min_ttl
+from grantkeeper.refresh.policy import backoff, due_at
 
 
 def test_no_refresh_token_means_never_due() -> None:
@@ -38,13 +38,23 @@ def test_due_is_always_before_expiry_and_not_before_now(lifetime: float, margin:
     assert d >= now + lifetime / 2 - lifetime / 10 - 1e-6
 
 
-def test_effective_min_ttl_is_capped_at_half_the_lifetime() -> None:
-    assert effective_min_ttl(300, expires_at=160, issued_at=100) == 30
-    assert effective_min_ttl(300, expires_at=None, issued_at=100) == 300
-    assert effective_min_ttl(10, expires_at=3700, issued_at=100) == 10
-
-
 def test_backoff_grows_and_honours_retry_after() -> None:
     assert backoff(1, base=2) <= 2
     assert backoff(10, base=2, cap=600) <= 600
     assert backoff(1, retry_after=30) >= 30
+
+
+@given(
+    attempt=st.integers(min_value=-5, max_value=10**9),
+    retry_after=st.one_of(st.none(), st.floats(min_value=0, max_value=10**12)),
+    seed=st.integers(),
+)
+def test_backoff_is_bounded_for_any_number_of_failures(attempt: int, retry_after: float | None, seed: int) -> None:
+    """Issue 12: after 1,024 failures ``2 ** attempt`` overflowed a float (every token call a 500)."""
+    d = backoff(attempt, cap=600, retry_after=retry_after, rng=random.Random(seed))
+    assert 0 < d <= 600
+
+
+def test_backoff_after_a_long_outage() -> None:
+    for attempt in (1024, 1025, 5000, 10**6):
+        assert 300 <= backoff(attempt) <= 600
