@@ -156,3 +156,21 @@ def test_client_refused_is_the_integrations_problem(quiet_gk: Server, oidc: Oidc
         assert ok.status_code == 200, ok.text
         assert c.get("/v1/integrations/acme").json()["status"] == "ok"
         assert c.get(f"/v1/grants/{gid}").json()["status"] == "active"
+
+
+def test_proxy_401_retry_respects_the_backoff(quiet_gk: Server, oidc: OidcServer) -> None:
+    setup_oidc_integration(quiet_gk, oidc)
+    gid = connect_grant(quiet_gk, oidc, "acme", "u-proxy-backoff")
+    oidc.faults(token=[{"mode": "status", "status": 503, "retry_after": 30}])
+    with quiet_gk.client() as c:
+        # the provider fails: the grant backs off (its access token is still valid)
+        r = c.post(f"/v1/grants/{gid}/token", json={"force_refresh": True})
+        assert r.status_code in (200, 503)  # 503 since issue 12: a forced refresh is not the old token
+        calls = oidc.stats()["token"]["total"]
+        p = c.get(f"/v1/proxy/{gid}/status/401")
+        assert p.status_code == 401, p.text  # the API's answer, passed through
+        assert oidc.stats()["token"]["total"] == calls, "no refresh while backing off"
+        forced = c.post(f"/v1/grants/{gid}/token", json={"force_refresh": True})
+        assert forced.status_code == 503 and forced.json()["code"] == "provider_unavailable"
+        assert oidc.stats()["token"]["total"] == calls
+        assert c.get(f"/v1/grants/{gid}").json()["status"] == "active"

@@ -54,7 +54,7 @@ from grantkeeper.proxy.forward import (
     response_headers,
 )
 from grantkeeper.proxy.paths import join_url, normalise_path, normalise_query, with_query_param
-from grantkeeper.refresh.engine import ensure_fresh, raise_for_status
+from grantkeeper.refresh.engine import ensure_fresh, in_backoff, raise_for_status
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store.db import reading
@@ -166,6 +166,9 @@ async def _record(
 
 def _may_force_refresh(rt: Runtime, rec: GrantRecord) -> bool:
     if rec.refresh_token_ct is None and not mints(rt, rec):
+        return False
+    if in_backoff(rt, rec):
+        # backing off after provider failures: the 401 goes back as it is
         return False
     last = rec.last_refreshed_at
     return last is None or rt.clock.now() - last >= rt.settings.refresh_min_interval
