@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 
 from grantkeeper.errors import UnsafeUrl
 from grantkeeper.netguard import check_url
+from grantkeeper.oauth.body import BodyTooLarge, read_body
 
 __all__ = ["MAX_DOCUMENT_BYTES", "FetchError", "Fetched", "fetch"]
 
@@ -39,12 +40,10 @@ class Fetched:
 
 
 async def _read_whole(resp: aiohttp.ClientResponse, max_bytes: int, url: str) -> bytes:
-    buf = bytearray()
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        if len(buf) > max_bytes:
-            raise FetchError(f"{url}: the response is larger than {max_bytes} bytes")
-    return bytes(buf)
+    try:
+        return await read_body(resp, max_bytes)
+    except BodyTooLarge:
+        raise FetchError(f"{url}: the response is larger than {max_bytes} bytes") from None
 
 
 async def fetch(
