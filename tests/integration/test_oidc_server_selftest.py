@@ -342,6 +342,7 @@ def test_iss_modes(oidc: OidcServer, mode: str, expected: str | None) -> None:
 
 
 def test_accounts_deny_ttl_and_account_revocation(oidc: OidcServer) -> None:
+    oidc.revoke_account_grants("bob")  # the session's provider is shared: start from none
     client = new_client(oidc)
     oidc.set_account("bob")
     tokens = flow(oidc, client).tokens
