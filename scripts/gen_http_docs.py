@@ -124,13 +124,15 @@ NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/grants/{grant_id}/token"): (
         "`credentials:read`",
         '`{"access_token", "token_type", "expires_at", "expires_in", "scopes", "grant_id"}`, '
-        "valid for at least `min_ttl` seconds (at most half the token's lifetime), refreshed "
-        "first if needed (minted first for `client_credentials`, `jwt_bearer` and `github_app` "
-        "grants). 409 `grant_invalid` (with `failure`), 409 `grant_revoked`, 409 "
-        "`no_access_token` for `api_key`, `basic` and `oauth1` grants (use `/credentials`), "
-        "503 `provider_unavailable` with `Retry-After`, 503 `keys_unavailable` when the "
-        "environment's root key is disabled, destroyed or unreachable (or a stored secret "
-        "does not open). `Cache-Control: no-store`.",
+        "valid for at least `min_ttl` seconds, refreshed first if needed (unless the per-grant "
+        "budget says a token was minted moments ago: then that newest token); minted first for "
+        "`client_credentials`, `jwt_bearer` and `github_app` grants. 409 `grant_invalid` (with "
+        "`failure`), 409 `grant_revoked`, 409 `no_access_token` for `api_key`, `basic` and "
+        "`oauth1` grants (use `/credentials`), 424 `integration_misconfigured` with `Retry-After` "
+        "(the provider refuses the integration's client; the grant stays active), 503 "
+        "`provider_unavailable` with `Retry-After`, 503 `store_unavailable`, 503 "
+        "`keys_unavailable` when the environment's root key is disabled, destroyed or "
+        "unreachable (or a stored secret does not open). `Cache-Control: no-store`.",
     ),
     ("POST", "/v1/grants/{grant_id}/reconnect"): (
         "`connect`",
