@@ -122,10 +122,12 @@ def raise_for_status(rec: GrantRecord) -> None:
 
 
 def lease_budget(rt: Runtime) -> float:
-    """Seconds a lease must last: discovery and the provider call (each up to the HTTP
-    timeout) plus every persist retry, with room to spare."""
+    """Seconds a lease is taken or renewed for: the next step (discovery, or the provider
+    call, each up to the HTTP timeout) plus every persist retry, with room to spare. The
+    lease is renewed before the call and before each retry, so each renewal only needs
+    to cover what follows it."""
     s = rt.settings
-    return max(s.refresh_lease_seconds, 2 * s.http_timeout + sum(PERSIST_DELAYS) + 5.0)
+    return max(s.refresh_lease_seconds, s.http_timeout + sum(PERSIST_DELAYS) + 2.0)
 
 
 def _mints(rt: Runtime, rec: GrantRecord) -> bool:
