@@ -168,7 +168,7 @@ def test_discovery_and_code_flow(oidc: OidcServer) -> None:
     assert exchange(oidc, client, code, verifier).json()["error"] == "invalid_grant"
 
     stats = oidc.stats()
-    assert stats["token"] == {"authorization_code": 4, "refresh_token": 0, "total": 4}
+    assert stats["token"] == {"authorization_code": 4, "refresh_token": 0, "client_credentials": 0, "total": 4}
     assert [r["client_auth"] for r in stats["token_requests"]] == [
         "basic",
         "post",
