@@ -1,7 +1,7 @@
 """integration failure state (invalid_client / unauthorized_client are the integration's problem)
 
-Revision ID: 0009_w12a_integration_failure
-Revises: 0008_w12b_audit_chain_order
+Revision ID: 0010_w12a_integration_failure
+Revises: 0009_w12b_revocation_outbox
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_w12a_integration_failure"
-down_revision = "0008_w12b_audit_chain_order"
+revision = "0010_w12a_integration_failure"
+down_revision = "0009_w12b_revocation_outbox"
 branch_labels = None
 depends_on = None
 
