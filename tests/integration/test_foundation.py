@@ -230,13 +230,15 @@ def test_unknown_key_wrong_secret_revoked_all_identical_401(srv: Server) -> None
         assert_problem(r, 401, "unauthenticated")
         assert r.headers.get("www-authenticate", "").startswith("Bearer")
         bodies[name] = r.content
-    r = httpx.get(srv.base_url + "/v1/integrations")
-    bodies["missing"] = r.content
     assert len(set(bodies.values())) == 1, bodies
+    # no key at all: the same problem code, with a hint how to send one (it reveals nothing)
+    r = httpx.get(srv.base_url + "/v1/integrations")
+    assert_problem(r, 401, "unauthenticated")
+    assert "Authorization: Bearer" in r.json()["detail"]
     # the token endpoint too
     for key in candidates.values():
         r = httpx.post(f"{srv.base_url}/v1/grants/{uuid.uuid4()}/token", headers={"Authorization": f"Bearer {key}"})
-        assert r.content == bodies["missing"]
+        assert r.content == bodies["wrong secret"]
 
 
 def test_key_limited_to_integration_ids(srv: Server) -> None:

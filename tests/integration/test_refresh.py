@@ -27,6 +27,8 @@ from tests.support.gk import (
 )
 from tests.support.oidc import OidcServer
 
+from grantkeeper.clock import parse_iso
+
 pytestmark = pytest.mark.oidc
 
 
@@ -218,7 +220,15 @@ def test_worker_refreshes_before_expiry(gk: Server, oidc: OidcServer) -> None:
             now = c.get(f"/v1/grants/{g}").json()
             assert now["status"] == "active"
             assert now["access_token_expires_at"] > first[g], "the worker refreshed ahead of expiry"
-        # callers do not wait: the token is fresh already
+        # callers do not wait: the token is fresh already. Longer tokens from here on, so the
+        # worker's own next refresh of these 4-second tokens cannot land inside the check.
+        oidc.set_ttl(AccessToken=300)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            exp = [c.get(f"/v1/grants/{g}").json()["access_token_expires_at"] for g in gids]
+            if all(parse_iso(e) > time.time() + 200 for e in exp):
+                break
+            time.sleep(0.3)
         before = refreshes(oidc)
         for g in gids:
             assert c.post(f"/v1/grants/{g}/token", json={"min_ttl": 0}).status_code == 200

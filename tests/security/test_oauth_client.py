@@ -362,19 +362,22 @@ def test_webhook_payloads_carry_no_tokens(
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 
-def test_no_token_exchange_endpoint_is_offered(gk: Server) -> None:
-    """C15: grantkeeper offers no token-exchange endpoint (RFC 8693), so no caller can
-    exchange a subject token: every plausible path answers 404/405, the schema lists none,
-    and the token endpoint does not accept a grant_type."""
+def test_token_exchange_takes_the_subject_from_the_subject_token_only(gk: Server) -> None:
+    """C15: the one token-exchange endpoint (RFC 8693) is ``POST /oauth/token``; a caller
+    cannot name the subject in the body (no ``sub`` / ``user_id`` beside the subject token),
+    and the per-grant token endpoint takes no grant_type. Exchange itself, downscoping and
+    the subject's own grants only: tests/integration/test_token_exchange.py."""
+    exchange = {"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": "acme"}
     with gk.client() as c:
-        for path in ("/v1/token-exchange", "/v1/token", "/oauth/token", "/token", "/v1/oauth/token", "/v1/sts/token"):
-            for body in ({"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"},):
-                r = c.post(path, json=body)
-                assert r.status_code in (404, 405), (path, r.status_code)
-                r = c.post(path, data=body)
-                assert r.status_code in (404, 405, 415), (path, r.status_code)
+        for path in ("/v1/token-exchange", "/v1/token", "/token", "/v1/oauth/token", "/v1/sts/token"):
+            r = c.post(path, data=exchange)
+            assert r.status_code in (404, 405, 415), (path, r.status_code)
+        for extra in ({"sub": "someone-else"}, {"user_id": "someone-else"}, {"subject": "someone-else"}):
+            r = c.post("/oauth/token", data={**exchange, **extra})
+            assert r.status_code == 400, (extra, r.status_code)
+            assert r.json()["error"] == "invalid_request"
         spec = c.get("/openapi.json").json()
-        assert not [p for p in spec["paths"] if "exchange" in p or p.endswith("/token") and "{grant_id}" not in p]
+        assert [p for p in spec["paths"] if "exchange" in p or p.endswith("/token") and "{grant_id}" not in p] == ["/oauth/token"]
         r = c.post(
             "/v1/grants/00000000-0000-4000-8000-000000000000/token",
             json={"grant_type": TOKEN_EXCHANGE, "subject_token": "x"},

@@ -233,6 +233,8 @@ def _document_problems(app: FastAPI) -> None:
                     continue
                 if path == "/readyz":
                     statuses: tuple[int, ...] = (503,)
+                elif path.startswith("/provider-events/"):
+                    statuses = (400, 401, 404, 413, 422, 429)
                 elif not path.startswith("/v1/"):
                     continue
                 else:
