@@ -274,6 +274,34 @@ def start_reference(db: Db, keys: str, tmp: Path) -> tuple[Proc, str]:
     return p, base
 
 
+#: the required-work floor of the token read (shared/perf, next to the repository)
+FLOOR = ROOT.parent / "shared" / "perf" / "floor_token_endpoint.py"
+
+
+def start_floor(db: Db, keys: str, tmp: Path, audit: str) -> tuple[Proc, str]:
+    """``floor_token_endpoint.py`` on the same database: the work the token read must do."""
+    port = free_port()
+    args = [
+        PY, "-m", "uvicorn", "--app-dir", str(FLOOR.parent), "--loop", "uvloop", "--http",
+        "httptools", "--no-access-log", "--log-level", "warning", "--port", str(port),
+        "floor_token_endpoint:app",
+    ]  # fmt: skip
+    env = _env(
+        db,
+        keys,
+        port,
+        REQ_DATABASE=db.name,
+        AUDIT=audit,
+        PGPORT="5432",
+        PGHOST="127.0.0.1",
+        PGUSER="postgres",
+    )
+    p = Proc(args, env, tmp / f"floor-{audit}-{port}.log")
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(base + "/", p.p)
+    return p, base
+
+
 def start_token_endpoint(tmp: Path, delay: float = 0.0) -> tuple[Proc, str]:
     port = free_port()
     args = [PY, "-m", "bench.token_endpoint", str(port), "--delay", str(delay)]
@@ -433,17 +461,36 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
             ids100 = write_ids(ids, tmp, "ids-100k.txt")
             if plan.wants("read"):
                 ref, rbase = start_reference(db, keys, tmp)
+                floors: list[tuple[str, Proc, str]] = []
+                if FLOOR.exists():
+                    for audit in ("inline", "group"):
+                        fp, fbase = start_floor(db, keys, tmp, audit)
+                        floors.append((f"floor_{audit}", fp, fbase))
+                else:
+                    log(f"no required-work floor at {FLOOR}: compared with the bare reference only")
                 wrk(rbase, ids100, admin, conns=64, seconds=3)
                 wrk(base, ids100, admin, conns=64, seconds=3)
+                for _name, _fp, fbase in floors:
+                    wrk(fbase, ids100, admin, conns=64, seconds=3)
                 for conns in (64, 32):
                     g_runs, r_runs = [], []
-                    for _ in range(plan.rounds):  # interleaved: same conditions for both
+                    f_runs: dict[str, list[Any]] = {n: [] for n, _p, _b in floors}
+                    for _ in range(plan.rounds):  # interleaved: same conditions for all
                         r_runs.append(wrk(rbase, ids100, admin, conns=conns, seconds=plan.seconds))
+                        for fname, _fp, fbase in floors:
+                            f_runs[fname].append(
+                                wrk(fbase, ids100, admin, conns=conns, seconds=plan.seconds)
+                            )
                         g_runs.append(wrk(base, ids100, admin, conns=conns, seconds=plan.seconds))
                     results[f"read_gk_c{conns}"] = median_of(g_runs)
                     results[f"read_ref_c{conns}"] = median_of(r_runs)
+                    for fname, runs_ in f_runs.items():
+                        results[f"read_{fname}_c{conns}"] = median_of(runs_)
+                        log(f"c{conns} {fname} {results[f'read_{fname}_c{conns}']}")
                     log(f"c{conns} gk {results[f'read_gk_c{conns}']}")
                     log(f"c{conns} ref {results[f'read_ref_c{conns}']}")
+                for _name, fp, _b in floors:
+                    fp.stop()
                 # CPU per request of each server process
                 for name, proc, b in (("gk", gk, base), ("ref", ref, rbase)):
                     c0 = proc.cpu_s()
@@ -728,7 +775,13 @@ def start_moto(tmp: Path) -> tuple[Proc, dict[str, str], str]:
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
     }
-    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench")
+    kms = boto3.client(
+        "kms",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
     arn = kms.create_key(KeySpec="SYMMETRIC_DEFAULT")["KeyMetadata"]["Arn"]
     return p, env, str(arn)
 
@@ -754,12 +807,17 @@ def bench_kms(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                     put_integration(base, admin, tbase)
                     path = write_ids(ids, tmp, f"ids-kms-{label}.txt")
                     wrk(base, path, admin, conns=64, seconds=3)
-                    runs = [wrk(base, path, admin, conns=64, seconds=plan.seconds) for _ in range(plan.rounds)]
+                    runs = [
+                        wrk(base, path, admin, conns=64, seconds=plan.seconds)
+                        for _ in range(plan.rounds)
+                    ]
                     out[label] = median_of(runs)
                     if label == "aws_kms":
                         moto.p.send_signal(signal.SIGSTOP)
                         try:
-                            out["aws_kms_stopped"] = median_of([wrk(base, path, admin, conns=64, seconds=plan.seconds)])
+                            out["aws_kms_stopped"] = median_of(
+                                [wrk(base, path, admin, conns=64, seconds=plan.seconds)]
+                            )
                         finally:
                             moto.p.send_signal(signal.SIGCONT)
                     log(f"kms {label}: {out[label]}")

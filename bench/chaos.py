@@ -346,7 +346,9 @@ def main() -> None:  # noqa: C901 (one linear script)
     started = time.time()
     try:
         db_url = pg.start()
-        log(f"PostgreSQL: {'private cluster on port ' + str(pg.port) if pg.private else 'shared server'}")
+        log(
+            f"PostgreSQL: {'private cluster on port ' + str(pg.port) if pg.private else 'shared server'}"
+        )
         oidc = OidcServer(log_path=tmp / "oidc.log").start()
         oidc.set_ttl(AccessToken=args.access_ttl)
         keys = f"k1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
@@ -392,7 +394,9 @@ def main() -> None:  # noqa: C901 (one linear script)
                 "client_secret": secret, "scopes": ["openid", "offline_access", "api:read"],
                 "return_urls": ["http://127.0.0.1:9/app"],
             }).raise_for_status()  # fmt: skip
-            c.post("/v1/webhook-endpoints", json={"url": sink.url, "events": ["*"]}).raise_for_status()
+            c.post(
+                "/v1/webhook-endpoints", json={"url": sink.url, "events": ["*"]}
+            ).raise_for_status()
 
         # -------------------------------------------------------------- connect the grants
         log(f"connecting {args.grants} grants through the provider ...")
@@ -409,7 +413,9 @@ def main() -> None:  # noqa: C901 (one linear script)
                         s = c.post("/v1/connect/sessions", json={
                             "integration_id": "chaos", "user_id": f"chaos-{i}",
                             "return_to": "http://127.0.0.1:9/app/done"}).json()  # fmt: skip
-                        out = authorize(s["connect_url"], stop_origin=public, follow_origins=[oidc.origin])
+                        out = authorize(
+                            s["connect_url"], stop_origin=public, follow_origins=[oidc.origin]
+                        )
                         gid = out.query.get("grant_id")
                     except Exception:
                         gid = None
@@ -453,7 +459,14 @@ def main() -> None:  # noqa: C901 (one linear script)
         # -------------------------------------------------------------- chaos
         ev = Events()
         has = set(fault_modes)
-        actions = ["kill9_api", "kill9_worker", "sigterm_api", "sigterm_worker", "provider_5xx", "delay"]
+        actions = [
+            "kill9_api",
+            "kill9_worker",
+            "sigterm_api",
+            "sigterm_worker",
+            "provider_5xx",
+            "delay",
+        ]
         if "split" in has:
             actions.append("split")
         if "hold" in has:
@@ -493,13 +506,22 @@ def main() -> None:  # noqa: C901 (one linear script)
                     pg.restart()
                 elif act == "provider_5xx":
                     n = rng.randint(3, 20)
-                    oidc.faults(token=[{"mode": "status", "status": rng.choice((500, 502, 503))}] * n)
+                    oidc.faults(
+                        token=[{"mode": "status", "status": rng.choice((500, 502, 503))}] * n
+                    )
                 elif act == "delay":
-                    oidc.faults(token=[{"mode": "delay", "ms": rng.randint(500, 4000)}] * rng.randint(1, 5))
+                    oidc.faults(
+                        token=[{"mode": "delay", "ms": rng.randint(500, 4000)}] * rng.randint(1, 5)
+                    )
                 elif act == "split":
-                    oidc.faults(token=[{"mode": "split", "chunk": rng.randint(3, 20), "pause_ms": 30}] * rng.randint(1, 10))
+                    oidc.faults(
+                        token=[{"mode": "split", "chunk": rng.randint(3, 20), "pause_ms": 30}]
+                        * rng.randint(1, 10)
+                    )
                 elif act == "hold":
-                    oidc.faults(token=[{"mode": "hold", "ms": rng.randint(1000, 6000)}] * rng.randint(1, 3))
+                    oidc.faults(
+                        token=[{"mode": "hold", "ms": rng.randint(1000, 6000)}] * rng.randint(1, 3)
+                    )
             except Exception as exc:  # the harness keeps going; the report shows what happened
                 log(f"action {act} failed: {type(exc).__name__}: {exc}")
                 for p in procs:
@@ -527,7 +549,9 @@ def main() -> None:  # noqa: C901 (one linear script)
                     api = apis[hash(gid) % len(apis)]
                     for _attempt in range(5):
                         try:
-                            r = c.post(f"{api.base}/v1/grants/{gid}/token", json={"force_refresh": True})
+                            r = c.post(
+                                f"{api.base}/v1/grants/{gid}/token", json={"force_refresh": True}
+                            )
                         except httpx.HTTPError:
                             time.sleep(1)
                             continue
@@ -560,9 +584,11 @@ def main() -> None:  # noqa: C901 (one linear script)
                 if e.get("grant_type") != "refresh_token" or e.get("port") not in ports:
                     continue
                 t1 = e.get("t1")
-                if (t1 is None and e["t0"] <= ms) or (
-                    t1 is not None and ms - args.window * 1000 <= t1 <= ms + 50
-                ) or (t1 is not None and e["t0"] <= ms < t1):
+                if (
+                    (t1 is None and e["t0"] <= ms)
+                    or (t1 is not None and ms - args.window * 1000 <= t1 <= ms + 50)
+                    or (t1 is not None and e["t0"] <= ms < t1)
+                ):
                     windows += 1
         # audit chain: the workers seal; wait until nothing is pending
         audit: dict[str, Any] = {}
