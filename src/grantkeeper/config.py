@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     #: how many health probes (cheap authenticated calls) one worker runs at once
     probe_concurrency: int = Field(default=8, ge=1, le=256)
 
+    #: SIGTERM/SIGINT: seconds to finish refreshes already at a provider before exiting
+    shutdown_timeout: float = Field(default=10.0, gt=0, le=3600)
+
     worker_interval: float = Field(default=1.0, gt=0)
     worker_batch: int = Field(default=100, ge=1, le=10_000)
     worker_concurrency: int = Field(default=32, ge=1, le=1000)

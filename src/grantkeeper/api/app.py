@@ -48,7 +48,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or await open_runtime(settings)
         app.state.runtime = rt
-        stop = asyncio.Event()
+        from grantkeeper.worker.shutdown import Shutdown
+
+        shutdown = Shutdown(rt, settings.shutdown_timeout)
+        stop = shutdown.stop
+        loop = asyncio.get_running_loop()
+        # called by the server's signal handler (cli/listen.py): stop taking work at once,
+        # while the HTTP server finishes the requests in flight
+        app.state.begin_shutdown = lambda: loop.call_soon_threadsafe(shutdown.begin)
         worker_task = None
         keys_task = None
         if rt.keys is not None:
@@ -61,11 +68,8 @@ def create_app(
         try:
             yield
         finally:
-            stop.set()
-            if worker_task is not None:
-                worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await worker_task
+            # the worker's loops and every refresh in flight, up to the shutdown timeout
+            await shutdown.finish(worker_task)
             if keys_task is not None:
                 keys_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

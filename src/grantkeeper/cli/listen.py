@@ -42,7 +42,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_on(sock: socket.socket, app: Any, banner: str) -> None:
+def serve_on(sock: socket.socket, app: Any, banner: str, *, shutdown_timeout: float = 10.0) -> None:
     """Run uvicorn on ``sock``; print ``banner`` once the server accepts connections."""
     import uvicorn
 
@@ -52,6 +52,13 @@ def serve_on(sock: socket.socket, app: Any, banner: str) -> None:
             if self.started:
                 err_console.print(banner, highlight=False, soft_wrap=True)
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM/SIGINT: the worker stops claiming at once, refreshes in flight drain
+            begin = getattr(app.state, "begin_shutdown", None) if hasattr(app, "state") else None
+            if begin is not None and not self.should_exit:
+                begin()
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
         app,
         access_log=False,  # our AccessLog never logs query strings
@@ -60,5 +67,7 @@ def serve_on(sock: socket.socket, app: Any, banner: str) -> None:
         server_header=False,
         loop="auto",
         http="auto",
+        # requests in flight (a token call waiting for its refresh) get this long
+        timeout_graceful_shutdown=max(1, int(shutdown_timeout)),
     )
     _Announcing(config).run(sockets=[sock])

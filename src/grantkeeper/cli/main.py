@@ -118,6 +118,7 @@ def serve(
         sock,
         application,
         f"grantkeeper listening on http://{host}:{port} (public URL {settings.public_url})",
+        shutdown_timeout=settings.shutdown_timeout,
     )
 
 
@@ -137,14 +138,23 @@ def worker() -> None:
             await engine.dispose()
         rt = await open_runtime(settings)
         try:
-            stop = asyncio.Event()
+            from grantkeeper.worker.shutdown import Shutdown
+
+            shutdown = Shutdown(rt, settings.shutdown_timeout)
+            stop = shutdown.stop
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, shutdown.begin)
             keys_task = None
             if rt.keys is not None:
                 keys_task = asyncio.create_task(rt.keys.run(rt.engine, stop))
-            await run_worker(rt, stop)
+            worker_task = asyncio.create_task(run_worker(rt, stop))
+            await asyncio.wait(
+                {worker_task, asyncio.create_task(stop.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            # stop claiming; finish every refresh already at a provider, within the timeout
+            await shutdown.finish(worker_task)
             if keys_task is not None:
                 stop.set()
                 await keys_task

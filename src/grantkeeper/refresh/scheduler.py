@@ -9,6 +9,7 @@ time, so a grant refreshed meanwhile by anyone else is not refreshed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import defaultdict
@@ -40,20 +41,32 @@ async def refresh_due(rt: Runtime) -> int:
     )
 
     async def one(env: str, grant_id: str, version: int, provider: str) -> None:
-        async with overall, per_provider[provider]:
-            if rt.draining:
-                # stopping: not sent to the provider yet, so give the lease back
-                async with rt.engine.begin() as conn:
-                    await lease.release(conn, env, grant_id, owner)
-                return
-            try:
+        started = False
+        try:
+            async with overall, per_provider[provider]:
+                if rt.draining:
+                    # stopping: not sent to the provider yet, so give the lease back
+                    async with rt.engine.begin() as conn:
+                        await lease.release(conn, env, grant_id, owner)
+                    return
+                started = True
                 await refresh(
                     rt, env, grant_id, seen_version=version, trigger="proactive", lease_owner=owner
                 )
-            except GrantkeeperError as exc:
-                log.info("proactive refresh of grant %s: %s", grant_id, exc.code)
-            except Exception as exc:  # noqa: BLE001 - one grant must not stop the sweep
-                log.error("proactive refresh of grant %s failed: %s", grant_id, type(exc).__name__)
+        except GrantkeeperError as exc:
+            log.info("proactive refresh of grant %s: %s", grant_id, exc.code)
+        except asyncio.CancelledError:
+            if not started:
+                # cancelled while queued: the lease was never used at a provider
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_give_back(env, grant_id))
+            raise
+        except Exception as exc:  # noqa: BLE001 - one grant must not stop the sweep
+            log.error("proactive refresh of grant %s failed: %s", grant_id, type(exc).__name__)
+
+    async def _give_back(env: str, grant_id: str) -> None:
+        async with rt.engine.begin() as conn:
+            await lease.release(conn, env, grant_id, owner)
 
     await asyncio.gather(*(one(*c) for c in claimed))
     return len(claimed)
