@@ -682,7 +682,7 @@ def test_api_key_in_query_string_is_401_and_not_logged(srv: Server) -> None:
         assert_problem(r, 401)
     log = srv.log_text()
     assert key not in log
-    assert key.rpartition("_")[2] not in log
+    assert key.split("_", 2)[2] not in log  # the secret part (it may itself hold "_")
 
 
 def test_unknown_routes_and_methods_are_problems(srv: Server) -> None:
