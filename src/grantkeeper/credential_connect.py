@@ -15,14 +15,18 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from grantkeeper import audit
 from grantkeeper.connect import load_session, with_query
 from grantkeeper.credential_grants import save_credentials
 from grantkeeper.errors import CredentialsRejected, InvalidInput, InvalidState, ProviderUnavailable
 from grantkeeper.integrations import get_or_404
 from grantkeeper.kinds import kind_for
+from grantkeeper.kinds.base import Credentials, KindConfig
 from grantkeeper.kinds.config import context, kind_config
 from grantkeeper.kinds.oauth1 import OAuth1, TemporaryCredentials
+from grantkeeper.oauth.tokens import TokenSet
 from grantkeeper.providers.catalog import CredentialField
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import connect as session_store
@@ -90,7 +94,6 @@ async def submit(rt: Runtime, form: CredentialForm, values: Mapping[str, str]) -
     raw = {f.name: values.get(f.name, "") for f in form.fields}
     creds = kind.parse(cfg, {k: v for k, v in raw.items() if v != ""})
     await kind.verify(context(rt), cfg, creds)
-    now = rt.clock.now()
     async with rt.engine.begin() as conn:
         # single use: only the first successful submission completes the session
         claimed = await session_store.update_session(
@@ -98,22 +101,38 @@ async def submit(rt: Runtime, form: CredentialForm, values: Mapping[str, str]) -
         )
         if not claimed:
             raise InvalidState("this connect link was already used", return_to=sess.return_to)
-        grant = await save_credentials(
-            conn,
-            rt,
-            integ,
-            kind,
-            user_id=sess.user_id,
-            provider_account_id=kind.account_id(cfg, creds),
-            creds=creds,
-            tokens=None,
-            scopes=(),
-            actor="connect",
-            via="connect_form",
-        )
-        await session_store.update_session(
-            conn, sess.id, {"status": "completed", "grant_id": grant.id, "completed_at": now}
-        )
+        return await _complete(conn, rt, sess, integ, cfg, creds, tokens=None, via="connect_form")
+
+
+async def _complete(
+    conn: AsyncConnection,
+    rt: Runtime,
+    sess: ConnectSessionRecord,
+    integ: IntegrationRecord,
+    cfg: KindConfig,
+    creds: Credentials,
+    *,
+    tokens: TokenSet | None,
+    via: str,
+    also: Mapping[str, object] | None = None,
+) -> str:
+    """Save the grant, complete the session (plus ``also``), and say where the user goes."""
+    kind = kind_for(cfg.mode)
+    grant = await save_credentials(
+        conn,
+        rt,
+        integ,
+        kind,
+        user_id=sess.user_id,
+        provider_account_id=kind.account_id(cfg, creds),
+        creds=creds,
+        tokens=tokens,
+        scopes=(),
+        actor="connect",
+        via=via,
+    )
+    done = {"status": "completed", "grant_id": grant.id, "completed_at": rt.clock.now()}
+    await session_store.update_session(conn, sess.id, {**done, **(also or {})})
     return with_query(
         sess.return_to,
         {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
@@ -193,30 +212,18 @@ async def complete_oauth1(rt: Runtime, params: Mapping[str, str]) -> str:
         return await _fail(rt, sess, "access_denied")
     except ProviderUnavailable:
         return await _fail(rt, sess, "provider_unavailable")
-    now = rt.clock.now()
     async with rt.engine.begin() as conn:
-        grant = await save_credentials(
+        return await _complete(
             conn,
             rt,
+            sess,
             integ,
-            kind,
-            user_id=sess.user_id,
-            provider_account_id=kind.account_id(cfg, creds),
-            creds=creds,
+            cfg,
+            creds,
             tokens=None,
-            scopes=(),
-            actor="connect",
             via="connect",
+            also={"verifier_ct": None},
         )
-        await session_store.update_session(
-            conn,
-            sess.id,
-            {"status": "completed", "grant_id": grant.id, "completed_at": now, "verifier_ct": None},
-        )
-    return with_query(
-        sess.return_to,
-        {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
-    )
 
 
 async def _fail(rt: Runtime, sess: ConnectSessionRecord, error: str) -> str:
@@ -272,25 +279,5 @@ async def complete_installation(rt: Runtime, params: Mapping[str, str]) -> str:
         return await _fail(rt, sess, "installation_rejected")
     except ProviderUnavailable:
         return await _fail(rt, sess, "provider_unavailable")
-    now = rt.clock.now()
     async with rt.engine.begin() as conn:
-        grant = await save_credentials(
-            conn,
-            rt,
-            integ,
-            kind,
-            user_id=sess.user_id,
-            provider_account_id=kind.account_id(cfg, creds),
-            creds=creds,
-            tokens=tokens,
-            scopes=(),
-            actor="connect",
-            via="connect",
-        )
-        await session_store.update_session(
-            conn, sess.id, {"status": "completed", "grant_id": grant.id, "completed_at": now}
-        )
-    return with_query(
-        sess.return_to,
-        {"grant_id": grant.id, "connect_session_id": sess.id, "status": "success"},
-    )
+        return await _complete(conn, rt, sess, integ, cfg, creds, tokens=tokens, via="connect")
