@@ -248,10 +248,28 @@ def test_two_workers_never_refresh_the_same_grant_twice(tmp_path: Path, oidc: Oi
             with first.client() as c:
                 statuses = [c.get(f"/v1/grants/{g}").json()["status"] for g in gids]
                 assert statuses == ["active"] * len(gids), "a double refresh would have killed a grant"
-                events = c.get("/v1/audit-events", params={"limit": 200}).json()["data"]
-            refreshed = [e for e in events if e["action"] == "grant.refreshed"]
-            assert len(refreshed) >= len(gids)
-            assert refreshes(oidc) == len(refreshed)
+                # Quiesce before counting: both workers keep refreshing the 3-second tokens, so a
+                # refresh could land between reading the audit trail and reading the provider's
+                # count. Long tokens from here on; once every grant holds one, nothing is due.
+                oidc.set_ttl(AccessToken=300)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    exp = [c.get(f"/v1/grants/{g}").json()["access_token_expires_at"] for g in gids]
+                    if all(parse_iso(e) > time.time() + 200 for e in exp):
+                        break
+                    time.sleep(0.3)
+                else:
+                    raise AssertionError("the workers did not settle on the long tokens")
+                # the tokens and their audit row commit together, so the trail is complete now
+                refreshed = 0
+                for g in gids:
+                    events = c.get("/v1/audit-events", params={"grant_id": g, "limit": 200}).json()
+                    assert events["next_offset"] is None
+                    mine = [e for e in events["data"] if e["action"] == "grant.refreshed"]
+                    assert mine, f"grant {g} was never refreshed"
+                    refreshed += len(mine)
+                assert [c.get(f"/v1/grants/{g}").json()["status"] for g in gids] == ["active"] * len(gids)
+            assert refreshes(oidc) == refreshed, "every refresh the provider saw is one audited refresh"
         finally:
             second.stop()
 
