@@ -25,6 +25,7 @@ from grantkeeper.integrations import get_or_404
 from grantkeeper.kinds import kind_for
 from grantkeeper.kinds.base import Credentials, KindConfig
 from grantkeeper.kinds.config import context, kind_config
+from grantkeeper.kinds.github_app import GitHubApp
 from grantkeeper.kinds.oauth1 import OAuth1, TemporaryCredentials
 from grantkeeper.oauth.tokens import TokenSet
 from grantkeeper.providers.catalog import CredentialField
@@ -168,6 +169,13 @@ async def redirect_for(rt: Runtime, url_token: str) -> str | None:
         }
         target = with_query(cfg.authorization_url, {"oauth_token": temp.token})
     else:
+        if cfg.client is None or not cfg.client.client_secret or not cfg.token_url:
+            # without the user's authorization the callback cannot tell whose installation
+            # it is (complete_installation): refuse before the user installs anything
+            raise InvalidInput(
+                "the GitHub App integration needs client_id, client_secret and token_url "
+                "for the installation flow"
+            )
         state = secrets.token_urlsafe(32)
         values = {"status": "authorizing", "state_hash": _h(state)}
         target = with_query(cfg.authorization_url, {"state": state})
@@ -250,11 +258,14 @@ async def _fail(rt: Runtime, sess: ConnectSessionRecord, error: str) -> str:
 
 
 async def complete_installation(rt: Runtime, params: Mapping[str, str]) -> str:
-    """GitHub's return to the setup URL: ``installation_id``, ``setup_action``, our ``state``.
+    """GitHub's return after an installation: ``installation_id``, ``setup_action``, our
+    ``state`` and the ``code`` of the user authorization the app requests during installation.
 
-    The installation is checked against the app's installations (app JWT) and a first token
-    minted before the grant is saved. Raises ``InvalidState`` for an unknown, expired or
-    replayed state (the 400 page); provider refusals go back to the app as ``status=error``.
+    The installation must be one the connecting user can access (``GET /user/installations``
+    with the user token from ``code``) and one of the app's (app JWT); a first token is
+    minted before the grant is saved. Without a ``code`` the installation is refused.
+    Raises ``InvalidState`` for an unknown, expired or replayed state (the 400 page);
+    provider refusals go back to the app as ``status=error``.
     """
     state = params.get("state") or ""
     if not state or len(state) > 512:
@@ -272,8 +283,13 @@ async def complete_installation(rt: Runtime, params: Mapping[str, str]) -> str:
     if params.get("setup_action") == "request":
         # an organisation owner must approve the installation first
         return await _fail(rt, sess, "installation_pending")
+    code = params.get("code") or ""
+    if not isinstance(kind, GitHubApp) or not code or len(code) > 512:
+        # without the user's authorization nothing says whose installation this is
+        return await _fail(rt, sess, "installation_rejected")
     try:
         creds = kind.parse(cfg, {"installation_id": params.get("installation_id", "")})
+        await kind.user_can_access(context(rt), cfg, code, creds.values["installation_id"])
         tokens = await kind.verify(context(rt), cfg, creds)
     except (InvalidInput, CredentialsRejected):
         return await _fail(rt, sess, "installation_rejected")

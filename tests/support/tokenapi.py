@@ -9,6 +9,12 @@
   for ``GET /app/installations/{id}`` and ``POST /app/installations/{id}/access_tokens``
   (201 ``{"token", "expires_at"}``); ``DELETE /installation/token`` revokes the installation
   token it is called with.
+* GitHub's user-to-server web flow, used to check who connects an installation (docs.github.com
+  "Generating a user access token for a GitHub App", "About the setup URL"):
+  ``POST /login/oauth/access_token`` (``client_id``, ``client_secret``, ``code``) answers a
+  ``ghu_`` user token, and errors with HTTP 200 and an ``error`` member as GitHub does;
+  ``GET /user/installations`` with that token lists the app's installations the user can
+  access (``{"total_count", "installations": [...]}``, paged by ``per_page``/``page``).
 * ``GET /api/...``: 200 for a live token issued here, else 401.
 
 Counts every mint, so tests can assert single-flight.
@@ -44,6 +50,12 @@ class TokenApi:
     #: GitHub App: app id -> public key; installation ids that exist
     apps: dict[str, RSAKey] = field(default_factory=dict)
     installations: set[str] = field(default_factory=set)
+    #: the app's OAuth client (client id -> secret); login -> installations the user can access
+    oauth_clients: dict[str, str] = field(default_factory=dict)
+    user_installations: dict[str, set[str]] = field(default_factory=dict)
+    #: one-time codes from the user authorization -> login
+    codes: dict[str, str] = field(default_factory=dict)
+    code_exchanges: int = 0
     #: token -> (expires_at, who)
     tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
     mints: int = 0
@@ -69,6 +81,26 @@ class TokenApi:
             self.tokens[token] = (exp, who)
             self.mints += 1
         return token, exp
+
+    def issue_code(self, login: str) -> str:
+        """The ``code`` GitHub puts on the callback after ``login`` authorized the app."""
+        code = secrets.token_hex(10)
+        with self.lock:
+            self.codes[code] = login
+        return code
+
+    def _user_token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.code_exchanges += 1
+        cid, secret = form.get("client_id", ""), form.get("client_secret", "")
+        if not cid or self.oauth_clients.get(cid) != secret:
+            return 200, {"error": "incorrect_client_credentials"}
+        with self.lock:
+            login = self.codes.pop(form.get("code", ""), None)
+        if login is None:
+            return 200, {"error": "bad_verification_code"}
+        token, _ = self._issue(f"user:{login}", "ghu_")
+        return 200, {"access_token": token, "token_type": "bearer", "scope": ""}
 
     def _jwt_bearer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         assertion = form.get("assertion", "")
@@ -96,7 +128,11 @@ class TokenApi:
         ):
             return 400, {"error": "invalid_grant", "error_description": "bad claims"}
         token, _ = self._issue(str(c.get("sub")))
-        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl}
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.ttl,
+        }
         if form.get("scope"):
             body["scope"] = form["scope"]
         return 200, body
@@ -173,7 +209,25 @@ def _serve(api: TokenApi) -> None:
                 if form.get("grant_type") != JWT_BEARER:
                     return self._send(400, {"error": "unsupported_grant_type"})
                 return self._send(*api._jwt_bearer(form))
+            if m == "POST" and path == "/login/oauth/access_token":
+                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+                return self._send(*api._user_token(form))
             parts = path.strip("/").split("/")
+            if m == "GET" and path == "/user/installations":
+                who = api._live(auth) or ""
+                if not who.startswith("user:"):
+                    return self._send(401, {"message": "Bad credentials"})
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                per_page, page = int(query.get("per_page", "30")), int(query.get("page", "1"))
+                mine = sorted(api.user_installations.get(who[5:], set()) & api.installations)
+                chunk = mine[(page - 1) * per_page : page * per_page]
+                return self._send(
+                    200,
+                    {
+                        "total_count": len(mine),
+                        "installations": [{"id": int(i), "app_id": 1} for i in chunk],
+                    },
+                )
             if parts[:2] == ["app", "installations"] and len(parts) >= 3:
                 if not api._app_jwt_ok(auth):
                     return self._send(401, {"message": "A JSON web token could not be decoded"})
@@ -181,7 +235,9 @@ def _serve(api: TokenApi) -> None:
                 if inst not in api.installations:
                     return self._send(404, {"message": "Not Found"})
                 if m == "GET" and len(parts) == 3:
-                    return self._send(200, {"id": int(inst), "account": {"login": "acme", "id": 4242}})
+                    return self._send(
+                        200, {"id": int(inst), "account": {"login": "acme", "id": 4242}}
+                    )
                 if m == "POST" and parts[3:] == ["access_tokens"]:
                     token, exp = api._issue(f"installation:{inst}", "ghs_")
                     iso = datetime.fromtimestamp(exp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

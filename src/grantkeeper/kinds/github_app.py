@@ -3,9 +3,16 @@ installation").
 
 The integration holds the app's ``app_id`` and private key (sealed, write-only). A grant is
 one installation: ``installation_id``, from ``POST /v1/grants`` or the connect URL's
-installation flow (GitHub sends the user back to the setup URL with ``installation_id`` and
-our ``state``), checked against the app's installations (``GET /app/installations/{id}``
-with an app JWT) before it is saved. Installation tokens are minted with an app JWT
+installation flow, checked against the app's installations (``GET /app/installations/{id}``
+with an app JWT) before it is saved.
+
+On the connect URL an ``installation_id`` is only a number on a URL anyone can type, so
+belonging to the app is not enough: it must be an installation the connecting user can
+access. GitHub's documented way ("About the setup URL"): the app requests user
+authorization during installation, GitHub adds a ``code`` to the callback, the code becomes
+a user-to-server token (the integration's ``client_id``/``client_secret`` at ``token_url``)
+and ``GET /user/installations`` with it lists the app's installations that user can access
+(:meth:`GitHubApp.user_can_access`). The user token is used for that one check and dropped. Installation tokens are minted with an app JWT
 (``POST /app/installations/{id}/access_tokens``) and renewed before their hour is up, under
 the refresh lease like any mint; a deleted grant's token is revoked
 (``DELETE /installation/token``).
@@ -33,10 +40,18 @@ from grantkeeper.kinds.base import (
     http_json,
 )
 from grantkeeper.kinds.jwt_bearer import load_private_key
-from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet
+from grantkeeper.oauth.tokens import (
+    ClientCredentials,
+    OAuthErrorResponse,
+    TokenSet,
+    token_request,
+)
 
 __all__ = ["GitHubApp", "app_jwt"]
 
+#: ``GET /user/installations`` pages read at most (100 per page): a user who can reach more
+#: installations of one app than that is refused rather than making us walk on
+_MAX_PAGES = 10
 _ACCEPT = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
 
@@ -82,6 +97,49 @@ class GitHubApp(Kind):
                 f"installation {installation_id} is not an installation of this app (HTTP {status})"
             )
         return body
+
+    async def user_can_access(
+        self, ctx: KindContext, cfg: KindConfig, code: str, installation_id: str
+    ) -> None:
+        """Raise ``CredentialsRejected`` unless the user who authorized ``code`` can access
+        ``installation_id`` (GitHub: "Generating a user access token for a GitHub App",
+        "List app installations accessible to the user access token")."""
+        client = cfg.client
+        if client is None or not client.client_secret or not cfg.token_url:
+            raise CredentialsRejected(
+                "the integration needs the app's client_id, client_secret and token_url to "
+                "check who installed it"
+            )
+        try:
+            user = await token_request(
+                ctx.http,
+                cfg.token_url,
+                ClientCredentials(client.client_id, client.client_secret, "client_secret_post"),
+                {"code": code},
+                timeout=ctx.timeout,
+            )
+        except OAuthErrorResponse as exc:
+            raise CredentialsRejected(
+                f"GitHub refused the authorization code ({exc.error})"
+            ) from None
+        headers = {**_ACCEPT, "Authorization": f"Bearer {user.access_token}"}
+        for page in range(1, _MAX_PAGES + 1):
+            url = f"{_api(cfg)}/user/installations?per_page=100&page={page}"
+            status, body = await http_json(ctx, "GET", url, headers)
+            if status != 200:
+                raise CredentialsRejected(
+                    f"GitHub did not list the user's installations (HTTP {status})"
+                )
+            found = body.get("installations")
+            if not isinstance(found, list):
+                break
+            if any(isinstance(i, dict) and str(i.get("id")) == installation_id for i in found):
+                return
+            if len(found) < 100:
+                break
+        raise CredentialsRejected(
+            f"installation {installation_id} is not one the connecting user can access"
+        )
 
     async def mint(self, ctx: KindContext, cfg: KindConfig, creds: Credentials) -> TokenSet:
         inst = creds.values["installation_id"]
