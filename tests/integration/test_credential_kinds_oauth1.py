@@ -121,3 +121,48 @@ def test_oauth1_grant_from_credentials_is_verified(gk_api: Server, oauth1_api: O
     with gk_api.client() as c:
         r = c.get(f"/v1/proxy/{ok.json()['id']}/1/boards")
     assert r.status_code == 200 and r.json()["who"] == "user-given"
+
+
+def test_catalog_oauth1_entry_connects_verifies_and_signs(gk_api: Server, oauth1_api: OAuth1Api) -> None:
+    """A catalog entry (tumblr-oauth1) driven end to end: its endpoints pointed at the local
+    provider, its own verify_request (GET /user/info) proving a given credential."""
+    key, secret = "ck_" + secrets.token_hex(4), "cs_" + secrets.token_urlsafe(12)
+    oauth1_api.consumers[key] = secret
+    integ = put_integration(
+        gk_api,
+        "tumblr",
+        {
+            "provider": "tumblr-oauth1",
+            "client_id": key,
+            "client_secret": secret,
+            "endpoints": {
+                "request_token_url": oauth1_api.base_url + "/oauth/request_token",
+                "authorization_url": oauth1_api.base_url + "/oauth/authorize",
+                "access_token_url": oauth1_api.base_url + "/oauth/access_token",
+            },
+            "api_base_url": oauth1_api.base_url + "/api",
+            "return_urls": [RETURN],
+        },
+    )
+    assert integ["provider"] == "tumblr-oauth1"
+
+    with gk_api.client() as c:
+        s = c.post("/v1/connect/sessions", json={"integration_id": "tumblr", "user_id": "u1", "return_to": RETURN})
+    assert s.status_code == 201, s.text
+    go = httpx.get(s.json()["connect_url"], follow_redirects=False)
+    approve = httpx.get(go.headers["location"], follow_redirects=False)
+    back = httpx.get(approve.headers["location"], follow_redirects=False)
+    q = parse_qs(urlsplit(back.headers["location"]).query)
+    assert q["status"] == ["success"], q
+    with gk_api.client() as c:
+        r = c.get(f"/v1/proxy/{q['grant_id'][0]}/user/info")
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == "/api/user/info"
+
+    # the entry's verify_request is what accepts or rejects a grant from credentials
+    oauth1_api.tokens["at_cat"] = ("cat-secret", "user-cat")
+    bad = create_grant(gk_api, "tumblr", "u2", {"oauth_token": "at_cat", "oauth_token_secret": "wrong"})
+    assert bad.status_code == 422 and bad.json()["code"] == "credentials_rejected", bad.text
+    ok = create_grant(gk_api, "tumblr", "u2", {"oauth_token": "at_cat", "oauth_token_secret": "cat-secret"})
+    assert ok.status_code == 201, ok.text
+    assert ("GET", "/api/user/info", 200) in oauth1_api.seen

@@ -337,3 +337,25 @@ def test_private_addresses_are_refused_without_the_setting(tmp_path: Path, mcp: 
     with running_server("sqlite", tmp_path, GRANTKEEPER_ALLOW_PRIVATE_NETWORKS="0") as strict:
         _refused(put_mcp(strict, "a", mcp.url), "mcp_discovery_failed", mcp.url)
     assert mcp.seen == [], "nothing may be sent to a private address"
+
+
+def test_catalog_mcp_entry_connects_and_calls_through_the_proxy(
+    gk: Server, dcr_as: OidcServer, mcp: McpServer
+) -> None:
+    """A catalog entry (neon-mcp) driven end to end: its server URL pointed at the local MCP
+    server, discovery, dynamic registration, the dance and a proxied call as for any server."""
+    with gk.client() as c:
+        listed = c.get("/v1/providers/neon-mcp")
+    assert listed.status_code == 200, listed.text
+    r = put_mcp(gk, "neon", mcp.url, provider="neon-mcp")
+    assert r.status_code == 201, r.text
+    integ = r.json()
+    assert integ["provider"] == "neon-mcp" and integ["server_url"] == mcp.url
+    assert integ["mcp"]["registration"] == "dcr"
+
+    gid, authz = connect_mcp(gk, dcr_as, "neon", "u-neon")
+    assert authz["resource"] == [mcp.url]
+    with gk.client() as c:
+        init = rpc(c, gid, INIT)
+    assert init.status_code == 200, init.text
+    assert init.json()["result"]["serverInfo"]["name"] == "test-mcp"
