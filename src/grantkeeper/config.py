@@ -148,8 +148,12 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    #: OpenTelemetry traces over OTLP (the ``otel`` extra; endpoint etc. from ``OTEL_*``)
+    otel_enabled: bool = False
 
     db_pool_size: int = Field(default=4, ge=1, le=100)
+    #: seconds the token read waits for one of its database connections before a 503
+    db_acquire_timeout: float = Field(default=5.0, gt=0, le=300)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
     #: outgoing calls to providers (token, revocation, discovery)

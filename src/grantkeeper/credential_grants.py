@@ -34,6 +34,7 @@ __all__ = [
     "is_code_kind",
     "mint_tokens",
     "mints",
+    "provider_has_access_token",
     "stamp_for",
 ]
 
@@ -52,7 +53,13 @@ def mints(rt: Runtime, rec: GrantRecord) -> bool:
 
 
 def has_access_token(rt: Runtime, rec: GrantRecord) -> bool:
-    return rec.provider not in rt.catalog or grant_kind(rt, rec).has_access_token
+    return provider_has_access_token(rt, rec.provider)
+
+
+def provider_has_access_token(rt: Runtime, provider: str) -> bool:
+    return (
+        provider not in rt.catalog or kind_for(rt.catalog.get(provider).auth_mode).has_access_token
+    )
 
 
 async def _integration(rt: Runtime, rec: GrantRecord) -> IntegrationRecord:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from grantkeeper import tracing
 from grantkeeper.config import Settings
 
 __all__ = ["configure_logging"]
@@ -23,7 +24,29 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info and record.exc_info[0] is not None:
             data["exc_type"] = record.exc_info[0].__name__
+        tid = getattr(record, "trace_id", None)
+        if tid:
+            data["trace_id"] = tid
         return orjson.dumps(data).decode()
+
+
+class _TracedText(logging.Formatter):
+    """The text format plus `` trace_id=<32 hex>`` when the line belongs to a trace."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        tid = getattr(record, "trace_id", None)
+        return f"{line} trace_id={tid}" if tid else line
+
+
+class _TraceId(logging.Filter):
+    """Stamps the current trace id on records (installed only while tracing is on); a
+    record written later for a traced request (the access log) brings its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "trace_id", None) is None:
+            record.trace_id = tracing.trace_id()
+        return True
 
 
 def configure_logging(settings: Settings) -> None:
@@ -31,10 +54,15 @@ def configure_logging(settings: Settings) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
+    text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
+    elif settings.otel_enabled:
+        handler.setFormatter(_TracedText(text))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(text))
+    if settings.otel_enabled:
+        handler.addFilter(_TraceId())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     # libraries that could log request URLs or bodies stay quiet below WARNING

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from grantkeeper import tracing
 from grantkeeper.access.jwks import JwksCache
 from grantkeeper.clock import Clock, SystemClock
 from grantkeeper.config import Settings
@@ -45,7 +46,7 @@ class Runtime:
     #: in-process coalescing of refreshes: grant id -> the running refresh (an optimisation
     #: only; the database lease is what makes refresh single-flight across processes)
     inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
-    #: the token read's own small asyncpg pool (PostgreSQL; opened on first use)
+    #: the token read's own few asyncpg connections (PostgreSQL; opened on first use)
     hotpath: HotPath | None = None
     #: root keys and the keyring (``vault`` is ``keys.vault``)
     keys: KeyManager | None = None
@@ -60,6 +61,8 @@ class Runtime:
             await self.hotpath.close()
         await self.http.close()
         await self.engine.dispose()
+        # in a thread: the exporter's last flush is a blocking HTTP call
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def new_http_session(settings: Settings) -> aiohttp.ClientSession:
@@ -97,6 +100,7 @@ async def unseal(settings: Settings, engine: AsyncEngine) -> KeyManager:
 async def open_runtime(
     settings: Settings, *, clock: Clock | None = None, engine: AsyncEngine | None = None
 ) -> Runtime:
+    tracing.configure(settings)
     eng = engine or create_engine(settings)
     try:
         keys = await unseal(settings, eng)
@@ -118,7 +122,7 @@ async def open_runtime(
         metrics=Metrics(),
         clock=clock or SystemClock(),
         instance_id=f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}",
-        hotpath=HotPath.for_engine(eng, settings.db_pool_size)
+        hotpath=HotPath.for_engine(eng, settings.db_pool_size, settings.db_acquire_timeout)
         if eng.dialect.name == "postgresql"
         else None,
         keys=keys,

@@ -29,7 +29,14 @@ from grantkeeper.errors import (
 )
 from grantkeeper.store.unavailable import UNAVAILABLE
 
-__all__ = ["install_error_handlers", "problem", "problem_response"]
+__all__ = [
+    "domain_error_response",
+    "install_error_handlers",
+    "problem",
+    "problem_response",
+    "store_error_response",
+    "unexpected_error_response",
+]
 
 log = logging.getLogger("grantkeeper.api")
 
@@ -142,6 +149,12 @@ def unexpected_error_response(exc: BaseException) -> Response:
     )
 
 
+def store_error_response(exc: BaseException) -> Response:
+    """The database is down, restarting or its pool is exhausted: transient, never a 500."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(StoreUnavailable("the database is unavailable; retry shortly"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GrantkeeperError)
@@ -165,9 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, code, title, detail, headers=exc.headers)
 
     async def on_store(_: Request, exc: Exception) -> Response:
-        # the database is down, restarting or its pool is exhausted: transient, never a 500
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return error_response(StoreUnavailable("the database is unavailable; retry shortly"))
+        return store_error_response(exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         return unexpected_error_response(exc)

@@ -5,6 +5,8 @@ Pure ASGI (not BaseHTTPMiddleware) so the hot path pays a function call, not a t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -13,7 +15,9 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AccessLog", "BodyGuard"]
+from grantkeeper.tracing import log_extra
+
+__all__ = ["AccessLog", "BodyGuard", "TokenFastPath", "flush_access_log"]
 
 access_log = logging.getLogger("grantkeeper.access")
 
@@ -138,8 +142,98 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
+class _AccessBatch:
+    """Access-log entries of one event-loop turn, written together right after it.
+
+    Per request the hot path only appends a tuple; building the log records, formatting
+    them (with the configured formatter: the lines are the same as before) and writing
+    them (one ``write`` per handler per batch, not one per line) happen in a callback
+    scheduled on the loop, outside any request.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, str, str, int, float, dict[str, Any] | None]] = []
+        self.scheduled = False
+
+    def add(
+        self,
+        at: float,
+        method: str,
+        path: str,
+        status: int,
+        ms: float,
+        extra: dict[str, Any] | None,
+    ) -> None:
+        self.entries.append((at, method, path, status, ms, extra))
+        if not self.scheduled:
+            self.scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (cannot happen inside ASGI): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self.scheduled = False
+        entries, self.entries = self.entries, []
+        if not entries or access_log.disabled:
+            return
+        records = []
+        for at, method, path, status, ms, extra in entries:
+            rec = access_log.makeRecord(
+                access_log.name, logging.INFO, __file__, 0, _ACCESS_FMT,
+                (method, path, status, ms), None, extra=extra,
+            )  # fmt: skip
+            rec.created = at
+            rec.msecs = int((at - int(at)) * 1000) + 0.0
+            if access_log.filter(rec):
+                records.append(rec)
+        _emit_batch(records)
+
+
+_ACCESS_FMT = "%s %s %d %.1fms"
+
+
+def _emit_batch(records: list[logging.LogRecord]) -> None:
+    """``Logger.handle`` for many records: the same handlers, levels and filters, but a
+    plain stream handler gets all its lines in one write."""
+    logger: logging.Logger | None = access_log
+    found = False
+    while logger is not None:
+        for h in logger.handlers:
+            found = True
+            mine = [r for r in records if r.levelno >= h.level]
+            if not mine:
+                continue
+            if type(h) is logging.StreamHandler:
+                lines = [h.format(r) + h.terminator for r in mine if h.filter(r)]
+                if lines:
+                    with h.lock if h.lock is not None else contextlib.nullcontext():
+                        try:
+                            h.stream.write("".join(lines))
+                            h.flush()
+                        except Exception:  # noqa: BLE001 - as Handler.handleError would
+                            h.handleError(mine[0])
+            else:
+                for r in mine:
+                    h.handle(r)
+        logger = logger.parent if logger.propagate else None
+    if not found and logging.lastResort is not None:
+        for r in records:
+            if r.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(r)
+
+
+_batch = _AccessBatch()
+
+
+def flush_access_log() -> None:
+    """Write what is pending now (at shutdown)."""
+    _batch.flush()
+
+
 class AccessLog:
-    """One line per request: method, path (never the query string: it may carry a key), status, time."""
+    """One line per request: method, path (never the query string: it may carry a key), status,
+    time; written in batches (``_AccessBatch``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -163,12 +257,13 @@ class AccessLog:
             path = scope["path"]
             if path.startswith("/connect/"):
                 path = "/connect/…"  # the connect URL is a capability
-            access_log.info(
-                "%s %s %d %.1fms",
+            _batch.add(
+                time.time(),
                 scope["method"],
                 path[:200],
                 status,
                 (time.perf_counter() - t0) * 1000,
+                log_extra(),
             )
 
 
@@ -191,7 +286,8 @@ class TokenFastPath:
         self.app = app
         self.fast = AccessLog(BodyGuard(_Mapped(endpoint), max_body))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def matches(self, scope: Scope) -> bool:
+        """Whether this is the token read (then ``scope`` gets its path parameter)."""
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if (
@@ -200,8 +296,13 @@ class TokenFastPath:
                 and path.endswith(self._SUFFIX)
             ):
                 scope["path_params"] = {"grant_id": path[len(self._PREFIX) : -len(self._SUFFIX)]}
-                await self.fast(scope, receive, send)
-                return
+                return True
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.matches(scope):
+            await self.fast(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -212,8 +313,13 @@ class _Mapped:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from grantkeeper.api.errors import domain_error_response, unexpected_error_response
+        from grantkeeper.api.errors import (
+            domain_error_response,
+            store_error_response,
+            unexpected_error_response,
+        )
         from grantkeeper.errors import GrantkeeperError
+        from grantkeeper.store.unavailable import UNAVAILABLE
 
         try:
             await self.app(scope, receive, send)
@@ -221,5 +327,7 @@ class _Mapped:
             return
         except GrantkeeperError as exc:
             await domain_error_response(exc)(scope, receive, send)
+        except UNAVAILABLE as exc:
+            await store_error_response(exc)(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - answered as any unexpected error is
             await unexpected_error_response(exc)(scope, receive, send)

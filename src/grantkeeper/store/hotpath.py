@@ -17,9 +17,12 @@ pool bookkeeping and its rollback-on-return cost more than the query):
   loses nothing, and no other write uses these connections: refreshes, grant
   changes and every other audit event keep fully synchronous commits (and each of
   those flushes the earlier asynchronous commits with it);
-* a dedicated asyncpg pool of ``db_pool_size`` connections (a small pool beats a
-  large one on few cores) whose release runs no reset query: the statements below
-  are single autocommit statements that leave no session state behind;
+* ``db_pool_size`` dedicated asyncpg connections behind a free list (``store.pgconns``; a
+  small set beats a large one on few cores, and asyncpg's Pool cost more than the query):
+  the statements below are single autocommit statements that leave no session state;
+* the common read (``read_token``) selects only the columns a served token needs: the
+  key's, and the grant's status, expiry, scopes, version and access-token ciphertext.
+  Anything else (a refresh is due, the grant is not active) re-reads the whole row;
 * ``token.issued`` rows are group-committed, adaptively: a row that arrives while no
   write is in flight is written at once (a lone request pays no wait), rows that
   arrive while one is in flight are written together by the next multi-row INSERT.
@@ -35,15 +38,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from grantkeeper.store.pgconns import PgConns
 from grantkeeper.store.records import ApiKeyRecord, GrantRecord
 
-__all__ = ["HotPath"]
+__all__ = ["HotPath", "TokenRow"]
 
 _KEY_COLS = (
     "id", "environment_id", "name", "secret_hash", "scopes", "integration_ids",
@@ -58,6 +62,19 @@ _READ = (
     + ", ".join(f"k.{c}" for c in _KEY_COLS)
     + ", "
     + ", ".join(f"g.{c}" for c in _GRANT_COLS)
+    + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
+    " WHERE k.id = $1"
+)
+#: what serving a token reads of the grant (``TokenRow``); the rest only when it is not served
+_TOKEN_COLS = (
+    "id", "integration_id", "provider", "status", "token_type", "scopes", "access_token_ct",
+    "access_token_expires_at", "version",
+)  # fmt: skip
+_READ_TOKEN = (
+    "SELECT "  # noqa: S608
+    + ", ".join(f"k.{c}" for c in _KEY_COLS)
+    + ", "
+    + ", ".join(f"g.{c}" for c in _TOKEN_COLS)
     + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
     " WHERE k.id = $1"
 )
@@ -78,69 +95,67 @@ _MAX_BATCH = 512
 _Row = tuple[str, float, str, str, str, str]
 
 
+class TokenRow(NamedTuple):
+    """The columns of a grant that serving its access token needs."""
+
+    id: str
+    environment_id: str
+    integration_id: str
+    provider: str
+    status: str
+    token_type: str
+    scopes: tuple[str, ...]
+    access_token_ct: bytes | None
+    access_token_expires_at: float | None
+    version: int
+
+
 def _tuple(v: str | None) -> tuple[str, ...] | None:
     """A JSON list column as a tuple; SQL NULL and JSON ``null`` are both None (as via SQLAlchemy)."""
     items = orjson.loads(v) if v is not None else None
     return tuple(items) if isinstance(items, list) else None
 
 
-async def _no_reset(_conn: asyncpg.Connection) -> None:
-    """Nothing to reset: only single autocommit statements run on these connections."""
-
-
 class HotPath:
-    """A small asyncpg pool for the token read (PostgreSQL only)."""
+    """The token read's dedicated connections (PostgreSQL only)."""
 
-    def __init__(self, dsn_kwargs: dict[str, Any], size: int) -> None:
+    def __init__(self, dsn_kwargs: dict[str, Any], size: int, timeout: float = 5.0) -> None:
         self._kwargs = dsn_kwargs
-        self._size = size
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._timeout = timeout
+        self.conns = PgConns(self._connect, size, timeout)
         # rows waiting for the next audit write, and whether a write is in flight
         self._pending: list[tuple[_Row, asyncio.Future[None]]] = []
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
-    def for_engine(cls, engine: AsyncEngine, size: int) -> HotPath:
+    def for_engine(cls, engine: AsyncEngine, size: int, timeout: float = 5.0) -> HotPath:
         """Connect exactly as the engine does (host, port, user, database, ssl, options)."""
         _args, kwargs = engine.dialect.create_connect_args(engine.url)
         for k in ("prepared_statement_cache_size", "prepared_statement_name_func"):
             kwargs.pop(k, None)
-        return cls(dict(kwargs), size)
+        return cls(dict(kwargs), size, timeout)
 
-    async def _open(self) -> asyncpg.Pool:
-        async with self._lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    min_size=1,
-                    max_size=self._size,
-                    reset=_no_reset,
-                    max_inactive_connection_lifetime=300.0,
-                    **self._kwargs,
-                    server_settings={
-                        **self._kwargs.get("server_settings", {}),
-                        "synchronous_commit": "off",
-                    },
-                )
-            return self._pool
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            **self._kwargs,
+            timeout=self._timeout,
+            server_settings={
+                **self._kwargs.get("server_settings", {}),
+                "synchronous_commit": "off",
+            },
+        )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self.conns.close()
 
-    async def read(
-        self, key_id: str, grant_id: str | None
-    ) -> tuple[ApiKeyRecord | None, GrantRecord | None]:
-        """The key (if it exists) and the grant (if it exists in the key's environment)."""
-        pool = self._pool or await self._open()
-        async with pool.acquire() as conn:
-            row = await conn.fetchrow(_READ, key_id, grant_id)
-        if row is None:
-            return None, None
-        v = tuple(row)
-        key = ApiKeyRecord(
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        # a read is safe to run twice: on a lost connection it is retried on a fresh one
+        return await self.conns.run(lambda c: c.fetchrow(sql, *args), retry=True)
+
+    @staticmethod
+    def _key(v: tuple[Any, ...]) -> ApiKeyRecord:
+        return ApiKeyRecord(
             id=v[0],
             environment_id=v[1],
             name=v[2],
@@ -151,6 +166,33 @@ class HotPath:
             revoked_at=v[7],
             last_used_at=v[8],
         )
+
+    async def read_token(
+        self, key_id: str, grant_id: str | None
+    ) -> tuple[ApiKeyRecord | None, TokenRow | None]:
+        """The key (if it exists) and what serving the grant's token needs (if the grant
+        exists in the key's environment)."""
+        row = await self._fetchrow(_READ_TOKEN, key_id, grant_id)
+        if row is None:
+            return None, None
+        v = tuple(row)
+        key = self._key(v)
+        if v[_NK] is None:
+            return key, None
+        return key, TokenRow(
+            v[_NK], v[1], v[_NK + 1], v[_NK + 2], v[_NK + 3], v[_NK + 4],
+            _tuple(v[_NK + 5]) or (), v[_NK + 6], v[_NK + 7], v[_NK + 8],
+        )  # fmt: skip
+
+    async def read(
+        self, key_id: str, grant_id: str | None
+    ) -> tuple[ApiKeyRecord | None, GrantRecord | None]:
+        """The key (if it exists) and the grant (if it exists in the key's environment)."""
+        row = await self._fetchrow(_READ, key_id, grant_id)
+        if row is None:
+            return None, None
+        v = tuple(row)
+        key = self._key(v)
         if v[_NK] is None:
             return key, None
         g = dict(zip(_GRANT_COLS, v[_NK:], strict=True))
@@ -211,10 +253,9 @@ class HotPath:
             self._pending.clear()
 
     async def _insert(self, rows: list[_Row]) -> None:
-        pool = self._pool or await self._open()
-        async with pool.acquire() as conn:
-            if len(rows) == 1:
-                await conn.execute(_AUDIT, *rows[0])
-            else:
-                cols = list(zip(*rows, strict=True))
-                await conn.execute(_AUDIT_MANY, *(list(c) for c in cols))
+        # never retried: a connection lost mid-INSERT may or may not have committed the rows
+        if len(rows) == 1:
+            await self.conns.run(lambda c: c.execute(_AUDIT, *rows[0]), retry=False)
+        else:
+            cols = [list(c) for c in zip(*rows, strict=True)]
+            await self.conns.run(lambda c: c.execute(_AUDIT_MANY, *cols), retry=False)

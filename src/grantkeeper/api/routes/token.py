@@ -5,8 +5,9 @@ Kept lean on purpose (docs/benchmarks.md has the numbers and the profile):
 * served by a raw ASGI endpoint (a Starlette ``Route`` matched before the FastAPI
   route, which stays only for the OpenAPI description): no dependency solving,
   no ``Request`` object, no pydantic; errors still go through the app's handlers;
-* on PostgreSQL one round trip reads the API key and the grant, and the audit
-  row is one prepared INSERT, both on a small raw asyncpg pool (``store.hotpath``);
+* on PostgreSQL one round trip reads the API key and the columns of the grant a served
+  token needs, and the audit row is group-committed, both on a few dedicated asyncpg
+  connections (``store.hotpath``); a grant that needs more (a refresh) is re-read whole;
   on SQLite one read transaction through the engine, as before;
 * the body is parsed with orjson and the answer written with orjson.
 """
@@ -26,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from grantkeeper import audit, ratelimit
 from grantkeeper.api.deps import bearer, missing_key, parse_bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
-from grantkeeper.credential_grants import has_access_token
+from grantkeeper.credential_grants import has_access_token, provider_has_access_token
 from grantkeeper.errors import (
     InvalidInput,
     MalformedJson,
@@ -35,11 +36,12 @@ from grantkeeper.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from grantkeeper.grants import is_grant_id
+from grantkeeper.grants import is_grant_id, token_aad
 from grantkeeper.refresh.engine import ensure_fresh, issued, raise_for_status
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
 from grantkeeper.store.db import reading
+from grantkeeper.store.hotpath import HotPath
 from grantkeeper.store.records import GrantRecord
 
 router = APIRouter(tags=["grants"])
@@ -156,17 +158,109 @@ def _merge_query(query: bytes, raw: bytes, min_ttl: int, force: bool) -> tuple[i
     return min_ttl, force
 
 
-async def _lookup(rt: Runtime, raw_key: str, grant_id: str) -> tuple[Principal, GrantRecord | None]:
-    """Authenticate and read the grant (in the key's environment) in one go."""
-    gid = grant_id if is_grant_id(grant_id) else None
-    hot = rt.hotpath
-    if hot is not None:
-        parsed = parse_key(raw_key)
-        key, rec = await hot.read(parsed[0], gid) if parsed else (None, None)
-        return verify(parsed, key), rec
-    async with reading(rt.engine) as conn:
-        principal = await authenticate(conn, raw_key)
-        rec = await store.get(conn, principal.environment_id, gid) if gid else None
+class _TokenResponse(Response):
+    """The 200 answer, headers built directly (what ``Response`` would build, in its order)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"cache-control", b"no-store"),
+            (b"pragma", b"no-cache"),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+
+
+async def _answer(
+    rt: Runtime,
+    principal: Principal,
+    *,
+    environment_id: str,
+    grant_id: str,
+    integration_id: str,
+    provider: str,
+    version: int,
+    token_type: str,
+    scopes: tuple[str, ...],
+    expires_at: float | None,
+    access_token: str,
+) -> Response:
+    now = rt.clock.now()
+    # audited before the caller receives the secret (as Vault does)
+    if rt.hotpath is not None:
+        await rt.hotpath.audit_issued(
+            environment_id=environment_id,
+            actor=principal.actor,
+            now=now,
+            grant_id=grant_id,
+            integration_id=integration_id,
+            generation=version,
+        )
+    else:
+        async with rt.engine.begin() as conn:
+            await audit.record(
+                conn,
+                environment_id=environment_id,
+                actor=principal.actor,
+                action="token.issued",
+                now=now,
+                grant_id=grant_id,
+                integration_id=integration_id,
+                generation=version,
+            )
+    rt.metrics.tokens_served.labels(provider).inc()
+    payload = {
+        "access_token": access_token,
+        "token_type": token_type,
+        "expires_at": _iso(expires_at),
+        "expires_in": max(int(expires_at - now), 0) if expires_at is not None else None,
+        "scopes": list(scopes),
+        "grant_id": grant_id,
+    }
+    return _TokenResponse(orjson.dumps(payload))
+
+
+async def _serve_hot(
+    rt: Runtime, hot: HotPath, raw_key: str, gid: str | None, min_ttl: int, force: bool
+) -> tuple[Principal, GrantRecord | None] | Response:
+    """PostgreSQL: the common case (an active grant whose token lives long enough) answered
+    from the few columns it needs; anything else returns the whole record for ``_serve``."""
+    parsed = parse_key(raw_key)
+    key, row = await hot.read_token(parsed[0], gid) if parsed else (None, None)
+    principal = verify(parsed, key)
+    await ratelimit.enforce(rt, principal.key_id, "token")
+    principal.require("credentials:read")
+    if row is None or not principal.may_use_integration(row.integration_id):
+        raise NotFound("no such grant")
+    exp = row.access_token_expires_at
+    if (
+        # exactly when ensure_fresh would hand back the record as it is
+        not force
+        and row.access_token_ct is not None
+        and (exp is None or exp - rt.clock.now() >= min_ttl)
+        and row.status not in ("revoked", "invalid")
+        and provider_has_access_token(rt, row.provider)
+    ):
+        token = rt.vault.open_str(
+            row.access_token_ct, token_aad(row.environment_id, row.id, "access_token", row.version)
+        )
+        return await _answer(
+            rt,
+            principal,
+            environment_id=row.environment_id,
+            grant_id=row.id,
+            integration_id=row.integration_id,
+            provider=row.provider,
+            version=row.version,
+            token_type=row.token_type,
+            scopes=row.scopes,
+            expires_at=exp,
+            access_token=token,
+        )
+    assert parsed is not None  # verify() passed
+    _key, rec = await hot.read(parsed[0], gid)
     return principal, rec
 
 
@@ -183,9 +277,18 @@ async def _serve(
     min_ttl, force = _parse_body(raw, content_type)
     if query:
         min_ttl, force = _merge_query(query, raw, min_ttl, force)
-    principal, rec = await _lookup(rt, raw_key, grant_id)
-    await ratelimit.enforce(rt, principal.key_id, "token")
-    principal.require("credentials:read")
+    gid = grant_id if is_grant_id(grant_id) else None
+    if rt.hotpath is not None:
+        hot = await _serve_hot(rt, rt.hotpath, raw_key, gid, min_ttl, force)
+        if isinstance(hot, Response):
+            return hot
+        principal, rec = hot
+    else:
+        async with reading(rt.engine) as conn:
+            principal = await authenticate(conn, raw_key)
+            rec = await store.get(conn, principal.environment_id, gid) if gid else None
+        await ratelimit.enforce(rt, principal.key_id, "token")
+        principal.require("credentials:read")
     if rec is None or not principal.may_use_integration(rec.integration_id):
         raise NotFound("no such grant")
     if not has_access_token(rt, rec):
@@ -196,43 +299,18 @@ async def _serve(
         )
     rec = await ensure_fresh(rt, rec, min_ttl=min_ttl, force=force)
     token = issued(rt, rec)
-    now = rt.clock.now()
-    # audited before the caller receives the secret (as Vault does)
-    if rt.hotpath is not None:
-        await rt.hotpath.audit_issued(
-            environment_id=rec.environment_id,
-            actor=principal.actor,
-            now=now,
-            grant_id=rec.id,
-            integration_id=rec.integration_id,
-            generation=rec.version,
-        )
-    else:
-        async with rt.engine.begin() as conn:
-            await audit.record(
-                conn,
-                environment_id=rec.environment_id,
-                actor=principal.actor,
-                action="token.issued",
-                now=now,
-                grant_id=rec.id,
-                integration_id=rec.integration_id,
-                generation=rec.version,
-            )
-    rt.metrics.tokens_served.labels(rec.provider).inc()
-    exp = token.expires_at
-    payload = {
-        "access_token": token.access_token,
-        "token_type": token.token_type,
-        "expires_at": _iso(exp),
-        "expires_in": max(int(exp - now), 0) if exp is not None else None,
-        "scopes": list(token.scopes),
-        "grant_id": token.grant_id,
-    }
-    return Response(
-        orjson.dumps(payload),
-        media_type="application/json",
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    return await _answer(
+        rt,
+        principal,
+        environment_id=rec.environment_id,
+        grant_id=token.grant_id,
+        integration_id=rec.integration_id,
+        provider=rec.provider,
+        version=rec.version,
+        token_type=token.token_type,
+        scopes=token.scopes,
+        expires_at=token.expires_at,
+        access_token=token.access_token,
     )
 
 
