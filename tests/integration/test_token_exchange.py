@@ -424,6 +424,19 @@ def test_every_token_kind_goes_through_the_exchange(gk: Server, oidc: OidcServer
     r = exchange(gk, app_issuer.sign("u1"), "pw", origin=app_issuer.origin)
     assert (r.status_code, r.json()["error"]) == (400, "invalid_target")
     assert "secret-pw-1" not in r.text
+    # the integration itself cannot issue access tokens: invalid_target whoever asks, whether
+    # or not that user has a grant, whatever scope is asked (not invalid_grant/invalid_scope)
+    with gk.client() as c:
+        r = c.put("/v1/integrations/keyed", json={"provider": "api_key", "api_base_url": oidc.api_base_url, "client_access": True})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/grants", json={"integration_id": "keyed", "user_id": "u1",
+                                       "credentials": {"api_key": "key-value-0001"}, "verify": False})
+        assert r.status_code == 201, r.text
+    for user, iid, extra in [("u1", "keyed", {}), ("nobody", "keyed", {}), ("nobody", "pw", {}),
+                             ("u1", "keyed", {"scope": "api:read"})]:
+        r = exchange(gk, app_issuer.sign(user), iid, origin=app_issuer.origin, **extra)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_target"), (user, iid, r.text)
+        assert "key-value-0001" not in r.text
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

@@ -5,8 +5,9 @@ The subject (a trusted issuer's JWT or an end-user token) names the user; ``audi
 names the integration. Only that user's own grants are reachable, ``scope`` may only
 ask for what the grant holds (RFC 8693 5: downscoping only), and the answer is the
 provider access token, refreshed (or, for client-credentials and JWT-bearer grants, minted)
-first exactly as ``POST /v1/grants/{id}/token`` does (``has_access_token``, then
-``refresh.engine.ensure_fresh``: single flight, ``min_ttl``). Never a refresh token.
+first exactly as ``POST /v1/grants/{id}/token`` does (``refresh.engine.ensure_fresh``:
+single flight, ``min_ttl``). Never a refresh token. An integration whose kind has no access
+token (``api_key``, ``basic``, ``oauth1``) is ``invalid_target`` before any grant is looked at.
 
 Two callers:
 
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl
 from grantkeeper import audit
 from grantkeeper.access.subjects import ACCESS_TOKEN_TYPE, JWT_TYPE, Subject, verify_subject_token
 from grantkeeper.apikeys import Principal, authenticate
-from grantkeeper.credential_grants import has_access_token
+from grantkeeper.credential_grants import grant_kind
 from grantkeeper.errors import (
     Conflict,
     Forbidden,
@@ -248,6 +249,12 @@ async def exchange(
         raise TokenExchangeError("invalid_target", "unknown integration")
     if principal is None and not integ.client_access:
         raise TokenExchangeError("invalid_target", "this integration does not allow client access")
+    if integ.provider in rt.catalog and not grant_kind(rt, integ).has_access_token:
+        # api_key, basic, oauth1: the target itself has no access token to hand out (like
+        # /token's 409), whether or not this user holds a grant, whatever the scope
+        raise TokenExchangeError(
+            "invalid_target", "this integration's grants hold credentials, not an access token"
+        )
     async with reading(rt.engine) as conn:
         mine, _ = await grant_store.list_grants(
             conn,
@@ -267,11 +274,6 @@ async def exchange(
         raise TokenExchangeError("invalid_grant", why)
     if req.scope is not None and not set(req.scope) <= set(rec.scopes):
         raise TokenExchangeError("invalid_scope", "the grant does not hold the requested scope")
-    if not has_access_token(rt, rec):
-        # api_key, basic, oauth1: nothing a token exchange can hand out (like /token's 409)
-        raise TokenExchangeError(
-            "invalid_target", "this integration's grants hold credentials, not an access token"
-        )
     rec = await _fresh(rt, rec)
     token = issued(rt, rec)
     now = rt.clock.now()
