@@ -25,9 +25,11 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import select
+from tests.support.credapi import CredApi
 from tests.support.flows import connect_grant, setup_oidc_integration
 from tests.support.gk import Server, running_server
 from tests.support.oidc import OidcServer
+from tests.support.tokenapi import TokenApi
 
 from grantkeeper.clock import FakeClock, parse_iso
 from grantkeeper.config import Settings
@@ -505,3 +507,68 @@ def test_probe_marks_a_grant_revoked_at_the_provider(backend: str, tmp_path: Pat
         assert g["status"] == "invalid", g
         assert _status(gk, healthy)["status"] == "active"
         assert oidc.stats()["userinfo"] >= 2
+
+
+def test_probe_checks_grants_of_every_kind(backend: str, tmp_path: Path, cred_api: CredApi, token_api: TokenApi) -> None:
+    """Non-code kinds have no userinfo endpoint: the probe is the kind's verification request,
+    stamped with the credential (api_key) or the minted access token (jwt_bearer). A refused
+    API key is revoked at the provider outright; a refused access token is confirmed by one
+    forced mint, which the provider refuses for a withdrawn key (``invalid_grant``)."""
+    keep, drop = "sk_live_" + "keepkeepkeepkeep0001", "sk_live_" + "dropdropdropdrop0002"
+    cred_api.keys.update({keep, drop})
+    pems: dict[str, str] = {}
+    for kid in ("k-keep", "k-drop"):
+        key = RSAKey.generate_key(2048, private=True)
+        pems[kid] = key.as_pem(private=True).decode()
+        token_api.keys[kid] = (f"{kid}@robots.example.com", RSAKey.import_key(key.as_pem(private=False)))
+    with running_server(backend, tmp_path, worker=False) as gk:
+        with gk.client() as c:
+            r = c.put("/v1/integrations/keys", json={
+                "provider": "api_key", "api_base_url": cred_api.base_url + "/bearer",
+                "verify_request": {"path": "/v1/balance"}, "health_probe_interval": 300,
+            })
+            assert r.status_code == 201, r.text
+            r = c.put("/v1/integrations/sa", json={
+                "provider": "jwt_bearer", "endpoints": {"token_url": token_api.token_url},
+                "api_base_url": token_api.base_url + "/api",
+                "verify_request": {"path": "/whoami"}, "health_probe_interval": 300,
+            })
+            assert r.status_code == 201, r.text
+            gids: dict[str, str] = {}
+            for name, iid, creds in [
+                ("key-keep", "keys", {"api_key": keep}),
+                ("key-drop", "keys", {"api_key": drop}),
+                ("sa-keep", "sa", {"private_key": pems["k-keep"], "issuer": "k-keep@robots.example.com", "key_id": "k-keep"}),
+                ("sa-drop", "sa", {"private_key": pems["k-drop"], "issuer": "k-drop@robots.example.com", "key_id": "k-drop"}),
+            ]:
+                r = c.post("/v1/grants", json={"integration_id": iid, "user_id": name, "credentials": creds, "verify": True})
+                assert r.status_code == 201, r.text
+                gids[name] = r.json()["id"]
+        # withdrawn at the providers: the API key, and the service account's key and tokens
+        cred_api.keys.discard(drop)
+        del token_api.keys["k-drop"]
+        for token, (_, who) in list(token_api.tokens.items()):
+            if who == "k-drop@robots.example.com":
+                del token_api.tokens[token]
+
+        async def scenario() -> int:
+            clock = FakeClock(time.time())
+            rt = await open_runtime(_settings(gk.env), clock=clock)
+            try:
+                assert await probe_due(rt) == 0
+                clock.advance(301)
+                return await probe_due(rt)
+            finally:
+                await rt.close()
+
+        assert asyncio.run(scenario()) == 4
+        assert _status(gk, gids["key-keep"])["status"] == "active"
+        assert _status(gk, gids["sa-keep"])["status"] == "active"
+        for name in ("key-drop", "sa-drop"):
+            g = _status(gk, gids[name])
+            assert g["status"] == "invalid", (name, g)
+        assert _status(gk, gids["key-drop"])["failure"]["code"] == "revoked_at_provider"
+        probed = [s for s in cred_api.seen if s.path == "/bearer/v1/balance"]
+        assert len(probed) == 4  # two verifications at creation, two probes
+        log = gk.log_text()
+        assert keep not in log and drop not in log

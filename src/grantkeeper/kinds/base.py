@@ -50,6 +50,8 @@ __all__ = [
     "http_json",
     "render_stamp",
     "run_verify_request",
+    "verify_status",
+    "verify_url",
 ]
 
 Outcome = Literal["succeeded", "failed", "unsupported"]
@@ -214,6 +216,15 @@ async def http_json(
     return status, body if isinstance(body, dict) else {}
 
 
+def verify_url(ctx: KindContext, cfg: KindConfig, vr: VerifyRequest) -> tuple[str, str, str]:
+    """(base, path, query) of the verification request under ``api_base_url``."""
+    if not cfg.api_base_url:
+        raise InvalidInput("verification needs api_base_url on the integration")
+    base = check_url(cfg.api_base_url, allow_private=ctx.allow_private, what="api_base_url")
+    path, _, query = vr.path.lstrip("/").partition("?")
+    return base, path, query
+
+
 async def run_verify_request(
     ctx: KindContext, cfg: KindConfig, stamp: Stamp, *, secrets: tuple[str, ...] = ()
 ) -> None:
@@ -225,10 +236,17 @@ async def run_verify_request(
     vr = cfg.verify_request
     if vr is None:
         return
-    if not cfg.api_base_url:
-        raise InvalidInput("verification needs api_base_url on the integration")
-    base = check_url(cfg.api_base_url, allow_private=ctx.allow_private, what="api_base_url")
-    path, _, query = vr.path.lstrip("/").partition("?")
+    status = await verify_status(ctx, cfg, vr, stamp)
+    if status != vr.expect_status:
+        raise CredentialsRejected(
+            f"the provider refused the credentials (HTTP {status} from the verification request)"
+        )
+
+
+async def verify_status(ctx: KindContext, cfg: KindConfig, vr: VerifyRequest, stamp: Stamp) -> int:
+    """The HTTP status of the verification request carrying ``stamp``; 5xx, 429, timeouts ->
+    ``ProviderUnavailable``."""
+    base, path, query = verify_url(ctx, cfg, vr)
     url = join_url(base, path, stamp.apply_query(query))
     headers = {"Accept": "application/json", **stamp.headers}
     try:
@@ -249,10 +267,7 @@ async def run_verify_request(
         ) from None
     if status >= 500 or status == 429:
         raise ProviderUnavailable(f"the provider answered HTTP {status}", retry_after=5)
-    if status != vr.expect_status:
-        raise CredentialsRejected(
-            f"the provider refused the credentials (HTTP {status} from the verification request)"
-        )
+    return status
 
 
 class Kind:
@@ -305,6 +320,21 @@ class Kind:
         """How one call to ``url`` carries the credential (``method``, ``url`` and a form
         ``body`` for signing kinds)."""
         return render_stamp(cfg.stamp, self.mode, self.stamp_values(creds, access_token))
+
+    async def probe(
+        self, ctx: KindContext, cfg: KindConfig, creds: Credentials, access_token: str | None
+    ) -> int | None:
+        """The status of the verification request made with this credential (and access
+        token, for token kinds), as the proxy would stamp it; None without one. The health
+        probe of kinds that have no userinfo endpoint."""
+        vr = cfg.verify_request
+        if vr is None:
+            return None
+        base, path, query = verify_url(ctx, cfg, vr)
+        stamp = self.stamp(
+            cfg, creds, access_token, method=vr.method, url=join_url(base, path, query)
+        )
+        return await verify_status(ctx, cfg, vr, stamp)
 
     def credentials_view(self, cfg: KindConfig, creds: Credentials) -> dict[str, Any]:
         """``POST /credentials`` for kinds without an access token."""

@@ -7,6 +7,13 @@ OpenID provider) with the grant's access token (refreshed first when due, like a
 read). A 401 is confirmed by one refresh: a grant revoked at the provider fails it and the
 refresh engine marks it ``invalid`` with one ``grant.invalid``; a grant without a refresh
 token that gets a 401 is ``revoked_at_provider`` outright. Any other answer changes nothing.
+
+Kinds other than the code flow have no userinfo endpoint: their probe is the integration's
+``verify_request`` (``Kind.probe``), stamped as the proxy stamps. A refused credential of
+a kind without an access token (``api_key``, ``basic``, ``oauth1``: 401 or 403) is
+``revoked_at_provider`` outright; a refused minted token is confirmed by one forced mint,
+which the refresh engine turns into ``invalid`` when the provider refuses it. A minting
+kind without a ``verify_request`` is probed by the forced mint alone.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ import aiohttp
 from grantkeeper.errors import GrantInvalid, GrantkeeperError, GrantRevoked
 from grantkeeper.grants import open_token
 from grantkeeper.integrations import ResolvedIntegration, resolve
+from grantkeeper.kinds import kind_for
+from grantkeeper.kinds.config import context, kind_config, open_credentials
 from grantkeeper.netguard import check_url
+from grantkeeper.providers.catalog import CODE_MODES
 from grantkeeper.refresh.engine import ensure_fresh
 from grantkeeper.runtime import Runtime
 from grantkeeper.signals.revoked import revoked_at_provider
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store import signals as store
 from grantkeeper.store.db import reading
-from grantkeeper.store.records import GrantRecord
+from grantkeeper.store.records import GrantRecord, IntegrationRecord
 
 __all__ = ["probe_due", "probe_url", "spread"]
 
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _SCHEDULE_BATCH = 500
 _MIN_TTL = 60.0
+#: what a verification request answers for a credential the provider no longer accepts
+_REFUSED = frozenset({401, 403})
 
 
 def spread(grant_id: str) -> float:
@@ -74,6 +86,8 @@ async def _probe(rt: Runtime, rec: GrantRecord) -> str:
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
     if integ is None:
         return "skipped"
+    if integ.provider in rt.catalog and rt.catalog.get(integ.provider).auth_mode not in CODE_MODES:
+        return await _probe_kind(rt, rec, integ)
     resolved = await resolve(rt, integ)
     url = probe_url(resolved)
     if url is None:
@@ -99,6 +113,41 @@ async def _probe(rt: Runtime, rec: GrantRecord) -> str:
     token = open_token(rt.vault, renewed, "access_token")
     if token is not None and await _call(rt, url, token) == 401:
         log.warning("grant %s: the provider refuses even a fresh access token", rec.id)
+        return "refused"
+    return "ok"
+
+
+async def _probe_kind(rt: Runtime, rec: GrantRecord, integ: IntegrationRecord) -> str:
+    """The probe of a kind other than the code flow (see the module docstring)."""
+    cfg = kind_config(rt, integ)
+    kind = kind_for(cfg.mode)
+    ctx = context(rt)
+    creds = open_credentials(rt.vault, rec)
+    if not kind.has_access_token:
+        status = await kind.probe(ctx, cfg, creds, None)
+        if status is None:
+            return "unsupported"
+        if status in _REFUSED:
+            await _revoked_outright(rt, rec)
+            return "revoked"
+        return "ok" if status < 400 else "error"
+    only_mint = cfg.verify_request is None
+    try:
+        current = await ensure_fresh(rt, rec, min_ttl=_MIN_TTL, force=only_mint)
+    except (GrantInvalid, GrantRevoked):
+        return "revoked" if only_mint else "invalid"
+    if only_mint:
+        return "ok"
+    status = await kind.probe(ctx, cfg, creds, open_token(rt.vault, current, "access_token"))
+    if status not in _REFUSED:
+        return "ok" if status is not None and status < 400 else "error"
+    try:  # a refused token is only a hint: a forced mint tells a withdrawn credential
+        renewed = await ensure_fresh(rt, current, min_ttl=_MIN_TTL, force=True)
+    except (GrantInvalid, GrantRevoked):
+        return "revoked"
+    status = await kind.probe(ctx, cfg, creds, open_token(rt.vault, renewed, "access_token"))
+    if status in _REFUSED:
+        log.warning("grant %s: the provider refuses even a freshly minted token", rec.id)
         return "refused"
     return "ok"
 
