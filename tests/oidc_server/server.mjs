@@ -97,6 +97,11 @@ const state = {
   stats: freshStats(),
 };
 
+// a short, non-reversible tag of a token for the stats (never the token itself)
+function tokenTag(token) {
+  return crypto.createHash('sha256').update(token).digest('hex').slice(0, 16);
+}
+
 function resetState() {
   state.account = 'alice';
   state.deny = false;
@@ -874,19 +879,25 @@ function installRoutes(provider) {
         client_auth: auth.method,
         resource: typeof form.resource === 'string' ? form.resource : null,
       });
+      // per token answer: client port and times, the grant, and short tags (hashes) of the
+      // refresh token presented and of the tokens issued, so the chaos harness can tie a
+      // reused refresh token to the answer that first consumed it (and a kill window)
+      const logged = {
+        grant_type: grantType, port: ctx.req.socket.remotePort, t0: Date.now(), t1: null, status: null,
+      };
       if (grantType === 'refresh_token' && typeof form.refresh_token === 'string') {
         const entry = liveEntry(`RefreshToken:${form.refresh_token}`);
+        logged.rt = tokenTag(form.refresh_token);
+        logged.grant = entry?.payload?.grantId ?? null;
+        logged.reuse = Boolean(entry?.payload?.consumed);
         if (entry?.payload?.consumed) stats.refresh_reuse += 1;
         else if (!entry) stats.refresh_unknown += 1;
       }
-      {
-        const logged = { grant_type: grantType, port: ctx.req.socket.remotePort, t0: Date.now(), t1: null, status: null };
-        stats.token_log.push(logged);
-        ctx.res.once('finish', () => {
-          logged.t1 = Date.now();
-          logged.status = ctx.status;
-        });
-      }
+      stats.token_log.push(logged);
+      ctx.res.once('finish', () => {
+        logged.t1 = Date.now();
+        logged.status = ctx.status;
+      });
 
       const fault = nextFault('token');
       if (fault?.mode === 'status') {
@@ -919,6 +930,14 @@ function installRoutes(provider) {
         state.idTokenDefect = null;
         const clientId = auth.clientId ?? decodeJwt(ctx.body.id_token).payload.aud;
         ctx.body = { ...ctx.body, id_token: makeDefectiveIdToken(ctx.body.id_token, kind, clientId) };
+      }
+      if (ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+        const { access_token: at, refresh_token: rt } = ctx.body;
+        if (typeof at === 'string') {
+          logged.at = tokenTag(at);
+          logged.grant ??= liveEntry(`AccessToken:${at}`)?.payload?.grantId ?? null;
+        }
+        if (typeof rt === 'string') logged.new_rt = tokenTag(rt);
       }
       await afterProcessing(ctx, fault);
       return;
