@@ -27,7 +27,7 @@ from grantkeeper.errors import (
     StoreUnavailable,
     TokenExchangeError,
 )
-from grantkeeper.store.unavailable import UNAVAILABLE
+from grantkeeper.store.unavailable import UNAVAILABLE, is_unavailable
 
 __all__ = [
     "domain_error_response",
@@ -141,7 +141,10 @@ def domain_error_response(exc: GrantkeeperError) -> Response:
 
 
 def unexpected_error_response(exc: BaseException) -> Response:
-    """Any other failure: 500 with a reference to the log line, never the error itself."""
+    """Any other failure: 500 with a reference to the log line, never the error itself
+    (but the database being unavailable, whatever class it arrives as, is a 503)."""
+    if is_unavailable(exc):
+        return store_error_response(exc)
     ref = secrets.token_hex(6)
     log.error("unexpected error %s: %s", ref, type(exc).__name__, exc_info=False)
     return problem_response(
