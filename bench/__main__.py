@@ -407,6 +407,13 @@ def write_ids(ids: list[str], tmp: Path, name: str) -> Path:
 class Plan:
     quick: bool
     only: set[str]
+    #: proactive refresh: grants seeded (0: the default for quick/full), worker processes,
+    #: and a py-spy profile of the first worker written here (None: no profile)
+    grants: int = 0
+    workers: int = 2
+    profile: Path | None = None
+    #: proactive: stop measuring after this many seconds (0: when all are refreshed)
+    max_s: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -426,7 +433,7 @@ class Plan:
 
     @property
     def proactive_grants(self) -> int:
-        return 20_000 if self.quick else 100_000
+        return self.grants or (20_000 if self.quick else 100_000)
 
     def wants(self, name: str) -> bool:
         return not self.only or name in self.only
@@ -616,21 +623,35 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
             put_integration(base, admin, tbase)
             gk.stop()
             t_seed = time.time()
-            expiry = t_seed + 600
+            # 10 minutes for 100k; a million cannot all be due at once and expire within
+            # 10 minutes at the goal's rate, so they get an hour (one-hour tokens)
+            expiry = t_seed + (600 if n <= 200_000 else 3600)
             # all due at once: the worst case of "falling due within 10 minutes"
             seed(
                 db, keys, env_id, n, expires_at=expiry, due_at=t_seed - 1,
                 last_refreshed=t_seed - 3000,
             )  # fmt: skip
-            log(f"seeded {n:,} due grants in {time.time() - t_seed:.1f}s; starting 2 workers")
+            nw = plan.workers
+            log(f"seeded {n:,} due grants in {time.time() - t_seed:.1f}s; starting {nw} worker(s)")
             workers = []
             wenv = _env(db, keys, 8080, GRANTKEEPER_WORKER_INTERVAL="0.5")
+            load0 = os.getloadavg()
             t0 = time.time()
-            for i in range(2):
+            for i in range(nw):
                 workers.append(
                     Proc([PY, "-m", "grantkeeper.cli", "worker"], wenv, tmp / f"worker{i}.log")
                 )
+            spy: subprocess.Popen[bytes] | None = None
+            if plan.profile is not None:
+                spy = subprocess.Popen(
+                    [str(Path(PY).with_name("py-spy")), "record", "--gil", "-r", "100", "-d",
+                     "60", "-f", "raw" if plan.profile.suffix == ".txt" else "flamegraph",
+                     "-o", str(plan.profile), "-p", str(workers[0].pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             deadline = expiry + 30
+            if plan.max_s:
+                deadline = min(deadline, time.time() + plan.max_s)
             progress: list[tuple[float, int]] = []
 
             async def count_left() -> int:
@@ -646,7 +667,10 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                 left = asyncio.run(count_left())
                 progress.append((round(time.time() - t0, 1), n - left))
             wall = time.time() - t0
+            load1 = os.getloadavg()
             cpu = [w.cpu_s() for w in workers]
+            if spy is not None:
+                spy.wait(timeout=120)
             for w in workers:
                 w.stop()
 
@@ -656,7 +680,10 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                     row = await c.fetchrow(
                         "SELECT count(*) FILTER (WHERE version = 2) AS once, "
                         "count(*) FILTER (WHERE version > 2) AS more, "
-                        "max(last_refreshed_at) AS last FROM grants"
+                        "max(last_refreshed_at) AS last, "
+                        "percentile_cont(0.5) WITHIN GROUP (ORDER BY last_refreshed_at) AS mid, "
+                        "percentile_cont(0.99) WITHIN GROUP (ORDER BY last_refreshed_at) AS p99 "
+                        "FROM grants"
                     )
                     per_grant = await c.fetchval(
                         "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM audit_events "
@@ -666,6 +693,8 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                         "refreshed_once": row["once"],
                         "refreshed_more": row["more"],
                         "last": row["last"],
+                        "mid": row["mid"],
+                        "p99": row["p99"],
                         "max_refreshed_audit_per_grant": per_grant,
                     }
                 finally:
@@ -674,13 +703,22 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
             v = asyncio.run(verify())
             st = endpoint_stats(tbase)
             # sustained rate: from the first to the last sample (ramp-up included)
+            due = t_seed - 1
             res = {
                 "grants": n,
-                "workers": 2,
+                "workers": nw,
                 "refreshed": n - left,
                 "all_before_expiry": left == 0 and v["last"] is not None and v["last"] < expiry,
                 "drain_s": round(wall, 1),
                 "refreshes_per_s": round((n - left) / wall),
+                "refreshes_per_s_per_worker": round((n - left) / wall / nw),
+                # per core second of worker CPU (the worker is one process on one core)
+                "refreshes_per_worker_cpu_s": round((n - left) / max(sum(cpu), 0.001)),
+                # lag behind the due time (all were due at t_seed - 1): median, p99, max
+                "lag_s": [
+                    round((v[k] or due) - due, 1) for k in ("mid", "p99", "last")
+                ],
+                "loadavg_before_after": [round(load0[0], 1), round(load1[0], 1)],
                 "upstream_calls": st["calls"],
                 "double_refreshes": st["duplicates"] + v["refreshed_more"],
                 "max_refreshed_audit_per_grant": v["max_refreshed_audit_per_grant"],
@@ -689,7 +727,7 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                 "headroom_s": round(expiry - (v["last"] or expiry), 1),
                 "progress": progress[:: max(len(progress) // 10, 1)],
             }
-            results["proactive"] = res
+            results["proactive" if n <= 200_000 else "proactive_1m"] = res
             log(f"proactive: {res}")
         finally:
             tokens.stop()
@@ -890,8 +928,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short runs, smaller data (~5 min)")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only these (repeatable)")
     ap.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
+    ap.add_argument("--grants", type=int, default=0, help="proactive: grants to seed")
+    ap.add_argument("--workers", type=int, default=2, help="proactive: worker processes")
+    ap.add_argument("--profile", type=Path, help="proactive: py-spy profile of worker 0 (svg)")
+    ap.add_argument("--max-s", type=float, default=0.0, help="proactive: stop after N seconds")
     a = ap.parse_args()
-    plan = Plan(quick=a.quick, only=set(a.only or ()))
+    plan = Plan(
+        quick=a.quick,
+        only=set(a.only or ()),
+        grants=a.grants,
+        workers=a.workers,
+        profile=a.profile.resolve() if a.profile else None,
+        max_s=a.max_s,
+    )
     for tool in ("wrk",):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             sys.exit(f"{tool} is not installed: apt-get install -y wrk")

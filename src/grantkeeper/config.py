@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     worker_interval: float = Field(default=1.0, gt=0)
     worker_batch: int = Field(default=100, ge=1, le=10_000)
     worker_concurrency: int = Field(default=32, ge=1, le=1000)
-    worker_provider_concurrency: int = Field(default=8, ge=1, le=1000)
+    #: proactive calls in flight per provider host across every worker (database slots)
+    worker_provider_concurrency: int = Field(default=16, ge=1, le=1000)
 
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1, le=100)

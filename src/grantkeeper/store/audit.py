@@ -17,6 +17,7 @@ from grantkeeper.store.tables import audit_events
 
 __all__ = [
     "append",
+    "append_many",
     "chain_after",
     "chain_head",
     "count_unchained",
@@ -74,6 +75,29 @@ async def append(
             detail=detail or {},
         )
     )
+
+
+async def append_many(conn: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
+    """``append`` for many events in one executemany (keys as ``append``'s arguments)."""
+    if not events:
+        return
+    rows = []
+    for e in events:
+        detail = e.get("detail") or {}
+        if not _FORBIDDEN_DETAIL_KEYS.isdisjoint(detail):
+            raise ValueError("audit detail must not carry secrets")
+        rows.append(
+            {
+                "environment_id": e["environment_id"],
+                "at": e["now"],
+                "actor": e["actor"],
+                "action": e["action"],
+                "grant_id": e.get("grant_id"),
+                "integration_id": e.get("integration_id"),
+                "detail": detail,
+            }
+        )
+    await conn.execute(insert(audit_events), rows)
 
 
 async def list_events(

@@ -39,6 +39,7 @@ __all__ = [
     "metadata",
     "provider_event_ids",
     "rate_limits",
+    "refresh_slots",
     "subject_issuers",
     "ui_sign_outs",
     "webhook_deliveries",
@@ -398,4 +399,15 @@ revocation_outbox = Table(
     Column("created_at", Double, nullable=False),
     Column("done_at", Double, nullable=True),
     Index("ix_revocation_outbox_due", "status", "next_attempt_at"),
+)
+
+#: per-provider concurrency across every worker: a refresh call to a provider runs only
+#: under one of its slots, each an owner-checked lease (database time) held by one worker
+refresh_slots = Table(
+    "refresh_slots",
+    metadata,
+    Column("provider", String(63), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", Double, nullable=True),
 )

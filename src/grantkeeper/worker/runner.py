@@ -8,13 +8,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from grantkeeper.auditchain import Sealer
-from grantkeeper.refresh.scheduler import refresh_due
+from grantkeeper.refresh.proactive import run_proactive
 from grantkeeper.revocation import retry_pending
 from grantkeeper.runtime import Runtime
 from grantkeeper.signals.expiry import warn_expiring
 from grantkeeper.signals.probe import probe_due
-from grantkeeper.store import grants as grant_store
-from grantkeeper.store.db import reading
 from grantkeeper.store.housekeeping import purge_expired
 from grantkeeper.store.signals import purge_event_ids
 from grantkeeper.webhooks.dispatcher import deliver_due
@@ -42,12 +40,17 @@ async def _loop(
 async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
     s = rt.settings
 
-    async def refresh_step() -> int:
-        n = await refresh_due(rt)
-        async with reading(rt.engine) as conn:
-            oldest = await grant_store.oldest_due(conn)
-        rt.metrics.due_lag.set(max(rt.clock.now() - oldest, 0.0) if oldest is not None else 0.0)
-        return n
+    async def proactive() -> None:
+        # a pipeline, not a sweep: it claims while earlier claims are still in flight
+        while not stop.is_set():
+            try:
+                await run_proactive(rt, stop)
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive
+                log.error("worker refresh pipeline failed: %s", type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=s.worker_interval)
+            if rt.draining:
+                return
 
     async def webhook_step() -> int:
         return await deliver_due(rt)
@@ -76,7 +79,7 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
 
     log.info("worker started (%s)", rt.instance_id)
     await asyncio.gather(
-        _loop("refresh", stop, s.worker_interval, refresh_step),
+        proactive(),
         _loop("webhooks", stop, s.worker_interval, webhook_step),
         _loop("revocations", stop, s.worker_interval, revocation_step),
         _loop("housekeeping", stop, 60.0, housekeeping_step),

@@ -1,0 +1,449 @@
+"""The proactive refresh pipeline of one worker process.
+
+1. Claim: one statement leases a batch of due grants and returns them whole
+   (``lease.claim_due_records``; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL); the claim
+   moves ``refresh_due_at`` past the lease, so leased rows leave the head of the due index.
+2. Call: each grant's provider call runs as soon as one of the provider host's slots is
+   free (``refresh.slots``: a concurrency cap shared by every worker, in the database),
+   on the shared aiohttp session (keep-alive, per-host connection limit). Claims continue
+   while calls are in flight, so the pipeline stays full.
+3. Write: successes are written by one group-committing writer: a lone result is written
+   at once, under load the results that arrived during the previous write go together
+   (``lease.write_tokens_many``: fenced per grant on version, status and our lease; one
+   ``grant.refreshed`` audit row per refresh, in the same transaction).
+
+Anything off the common path (minting kinds, an integration in backoff, a write whose
+fence did not match, a database error) goes through ``refresh.engine``'s single-grant
+logic with the same lease owner, so the failure handling is the engine's. Correctness
+never rests on this process's memory: leases, fences and slots are all in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from grantkeeper.errors import (
+    GrantkeeperError,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderUnavailable,
+    RefreshBusy,
+)
+from grantkeeper.grants import open_token, token_columns
+from grantkeeper.integrations import ResolvedIntegration, resolve
+from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
+from grantkeeper.providers.catalog import MINTING_MODES
+from grantkeeper.providers.quirks import apply_refresh_request, apply_token_response
+from grantkeeper.refresh import engine, lease
+from grantkeeper.refresh.slots import ProviderSlots
+from grantkeeper.runtime import Runtime
+from grantkeeper.store import audit as audit_store
+from grantkeeper.store import grants as grant_store
+from grantkeeper.store import integrations as integration_store
+from grantkeeper.store.db import reading
+from grantkeeper.store.records import GrantRecord, IntegrationRecord
+from grantkeeper.store.unavailable import DB_ERRORS
+
+__all__ = ["run_proactive"]
+
+log = logging.getLogger(__name__)
+
+#: most results one group commit writes
+WRITE_BATCH = 500
+
+
+@dataclass(slots=True)
+class _Done:
+    rec: GrantRecord
+    values: dict[str, Any]
+    rotated: bool
+    now: float
+
+
+class _Writer:
+    """Group commit of refresh results: one transaction per batch, never waiting for a
+    timer (a lone result is written at once)."""
+
+    def __init__(self, rt: Runtime, owner: str) -> None:
+        self._rt = rt
+        self._owner = owner
+        self._queue: list[tuple[_Done, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def write(self, done: _Done) -> bool:
+        """True once committed; False when the fence did not match or the database failed
+        (the caller then takes the engine's retrying, re-reading persist path)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((done, fut))
+        self._wake.set()
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
+                written = await self._flush([d for d, _ in batch])
+                for d, fut in batch:
+                    if not fut.done():
+                        fut.set_result(d.rec.id in written)
+
+    async def _flush(self, batch: list[_Done]) -> set[str]:
+        # rows must share their columns: group by the column set
+        groups: dict[tuple[str, ...], list[_Done]] = {}
+        for d in batch:
+            groups.setdefault(tuple(sorted(d.values)), []).append(d)
+        try:
+            async with self._rt.engine.begin() as conn:
+                written: set[str] = set()
+                for rows in groups.values():
+                    written |= await lease.write_tokens_many(
+                        conn, self._owner, [(d.rec.id, d.rec.version, d.values) for d in rows]
+                    )
+                await audit_store.append_many(
+                    conn,
+                    [
+                        {
+                            "environment_id": d.rec.environment_id,
+                            "actor": "system",
+                            "action": "grant.refreshed",
+                            "now": d.now,
+                            "grant_id": d.rec.id,
+                            "integration_id": d.rec.integration_id,
+                            "detail": {"trigger": "proactive", "rotated": d.rotated},
+                        }
+                        for d in batch
+                        if d.rec.id in written
+                    ],
+                )
+            return written
+        except DB_ERRORS as exc:
+            log.warning("batched refresh write failed (%s); writing one by one", type(exc).__name__)
+            return set()
+
+    async def close(self) -> None:
+        # called once every writer has its answer: nothing is queued or being written
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _host(url: str) -> str:
+    """The slot key: one concurrency cap per provider host."""
+    return (urlsplit(url).netloc or url)[:63]
+
+
+class _Pipeline:
+    def __init__(self, rt: Runtime, owner: str) -> None:
+        s = rt.settings
+        self.rt = rt
+        self.owner = owner
+        self.budget = engine.lease_budget(rt)
+        #: the time a call and every persist retry need from its start
+        self.call_budget = s.http_timeout + sum(engine.PERSIST_DELAYS) + 2.0
+        self.slots = ProviderSlots(
+            rt.engine,
+            owner,
+            count=s.worker_provider_concurrency,
+            seconds=max(30.0, 3 * s.http_timeout),
+            call_budget=s.http_timeout + 1.0,
+        )
+        self.writer = _Writer(rt, owner)
+        self.calls = asyncio.Semaphore(s.worker_concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.room = asyncio.Event()
+
+    async def claim(self, limit: int) -> list[GrantRecord]:
+        now = self.rt.clock.now()
+        async with self.rt.engine.begin() as conn:
+            return await lease.claim_due_records(conn, self.owner, now, self.budget, limit)
+
+    async def integrations(
+        self, recs: list[GrantRecord]
+    ) -> dict[tuple[str, str], IntegrationRecord | None]:
+        keys = {(r.environment_id, r.integration_id) for r in recs}
+        out: dict[tuple[str, str], IntegrationRecord | None] = {}
+        async with reading(self.rt.engine) as conn:
+            for env, iid in keys:
+                out[(env, iid)] = await integration_store.get(conn, env, iid)
+        return out
+
+    def start(
+        self,
+        rec: GrantRecord,
+        integ: IntegrationRecord | None,
+        resolved: dict[tuple[str, str], ResolvedIntegration | None],
+    ) -> None:
+        claimed = time.monotonic()
+        task = asyncio.ensure_future(self.one(rec, integ, resolved, claimed))
+        self.tasks.add(task)
+        # shutdown's drain waits for these like for any refresh in flight (a distinct key:
+        # on-demand callers coalesce on the grant id; they meet this one at the lease)
+        key = f"proactive:{rec.id}"
+        self.rt.inflight[key] = task
+
+        def _done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            if self.rt.inflight.get(key) is t:
+                del self.rt.inflight[key]
+            self.room.set()
+
+        task.add_done_callback(_done)
+
+    async def give_back(self, rec: GrantRecord) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            async with self.rt.engine.begin() as conn:
+                await lease.release_claimed(conn, [rec.id], self.owner, self.rt.clock.now())
+
+    async def one(
+        self,
+        rec: GrantRecord,
+        integ: IntegrationRecord | None,
+        resolved: dict[tuple[str, str], ResolvedIntegration | None],
+        claimed: float,
+    ) -> None:
+        rt = self.rt
+        started = False
+        try:
+            if rt.draining:
+                await self.give_back(rec)  # never sent to a provider
+                return
+            now = rt.clock.now()
+            spec = rt.catalog.get(rec.provider) if rec.provider in rt.catalog else None
+            simple = (
+                integ is not None
+                and spec is not None
+                and spec.auth_mode not in MINTING_MODES
+                and rec.refresh_token_ct is not None
+                and not (integ.failure_code is not None and (integ.retry_at or 0) > now)
+            )
+            key = (rec.environment_id, rec.integration_id)
+            if simple and key not in resolved:
+                assert integ is not None
+                try:
+                    resolved[key] = await resolve(rt, integ)
+                except GrantkeeperError:
+                    resolved[key] = None
+            res = resolved.get(key) if simple else None
+            if res is None:
+                # the engine's single-grant path (it re-takes our lease as its owner)
+                started = True
+                await engine.refresh(
+                    rt,
+                    rec.environment_id,
+                    rec.id,
+                    seen_version=rec.version,
+                    trigger="proactive",
+                    lease_owner=self.owner,
+                )
+                return
+            assert integ is not None
+            wait = self.budget - self.call_budget - (time.monotonic() - claimed)
+            progress = engine._Progress()
+            try:
+                try:
+                    async with self.calls, self.slots.slot(_host(res.token_url), max(wait, 0.0)):
+                        if rt.draining:
+                            await self.give_back(rec)
+                            return
+                        started = True
+                        progress.unknown = True
+                        # the slot covers the provider call only, not the write
+                        fetched = await self.fetch(rec, integ, res, progress)
+                    if fetched is not None:
+                        await self.store(rec, integ, res, fetched, progress)
+                except RefreshBusy:
+                    if not started:
+                        await self.give_back(rec)  # no slot in time: due again at once
+                        return
+                    raise
+            finally:
+                if started:
+                    if progress.unknown:
+                        log.warning("grant %s: refresh outcome unknown; keeping the lease", rec.id)
+                    elif not progress.released:
+                        await asyncio.shield(engine._release(rt, rec, self.owner))
+        except GrantkeeperError as exc:
+            log.info("proactive refresh of grant %s: %s", rec.id, exc.code)
+        except asyncio.CancelledError:
+            if not started:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.give_back(rec))
+            raise
+        except Exception as exc:  # noqa: BLE001 - one grant must not stop the pipeline
+            log.error("proactive refresh of grant %s failed: %s", rec.id, type(exc).__name__)
+
+    async def fetch(
+        self,
+        rec: GrantRecord,
+        integ: IntegrationRecord,
+        res: ResolvedIntegration,
+        progress: engine._Progress,
+    ) -> tuple[TokenSet, str] | None:
+        """The provider call, and the engine's failure classes with its helpers (same
+        events, audit rows and backoff). None: handled (the grant went invalid)."""
+        rt = self.rt
+        spec = res.spec
+        refresh_token = open_token(rt.vault, rec, "refresh_token")
+        assert refresh_token is not None
+        params = apply_refresh_request(
+            spec, {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
+        if res.resource:
+            params["resource"] = res.resource  # RFC 8707: the token stays bound to it
+        metrics = rt.metrics
+        owner = self.owner
+
+        async def once() -> TokenSet:
+            started = time.monotonic()
+            try:
+                return await token_request(
+                    rt.http,
+                    res.token_url,
+                    res.client,
+                    params,
+                    timeout=rt.settings.http_timeout,
+                    normalise=lambda body: apply_token_response(spec, body),
+                )
+            finally:
+                metrics.refresh_seconds.labels(spec.name).observe(time.monotonic() - started)
+
+        try:
+            try:
+                tokens = await once()
+            except ProviderOutcomeUnknown as exc:
+                metrics.refreshes.labels(spec.name, "unknown", "proactive").inc()
+                log.warning(
+                    "grant %s: refresh outcome unknown (%s); presenting it again",
+                    rec.id,
+                    exc.detail,
+                )
+                tokens = await once()
+        except ProviderOutcomeUnknown as exc:
+            metrics.refreshes.labels(spec.name, "unknown", "proactive").inc()
+            log.error("grant %s: refresh outcome unknown twice; the lease is kept", rec.id)
+            await engine._record_failure(
+                rt, rec, owner, "outcome_unknown", exc.detail, exc.retry_after, keep_lease=True
+            )
+            raise
+        except ProviderUnavailable as exc:
+            progress.unknown = False
+            metrics.refreshes.labels(spec.name, "transient", "proactive").inc()
+            await engine._record_failure(
+                rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after
+            )
+            raise
+        except OAuthErrorResponse as exc:
+            progress.unknown = False
+            if exc.kind == "grant":
+                metrics.refreshes.labels(spec.name, "invalid", "proactive").inc()
+                await engine._mark_invalid(rt, rec, owner, exc, progress)
+                return None
+            if exc.kind == "integration":
+                metrics.refreshes.labels(spec.name, "misconfigured", "proactive").inc()
+                raise await engine._integration_failed(rt, rec, owner, integ, exc) from None
+            metrics.refreshes.labels(spec.name, "rejected", "proactive").inc()
+            await engine._record_failure(rt, rec, owner, exc.error, exc.description, None)
+            raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
+        metrics.refreshes.labels(spec.name, "success", "proactive").inc()
+        return tokens, refresh_token
+
+    async def store(
+        self,
+        rec: GrantRecord,
+        integ: IntegrationRecord,
+        res: ResolvedIntegration,
+        fetched: tuple[TokenSet, str],
+        progress: engine._Progress,
+    ) -> None:
+        """Durable first: the new generation through the group-committing writer."""
+        rt = self.rt
+        tokens, refresh_token = fetched
+        now = rt.clock.now()
+        stored = token_columns(
+            rt,
+            res.spec,
+            environment_id=rec.environment_id,
+            grant_id=rec.id,
+            version=rec.version + 1,
+            tokens=tokens,
+            previous_refresh_token=refresh_token,
+            previous_scopes=rec.scopes,
+            requested_scopes=None,
+            now=now,
+        )
+        values = dict(stored.columns)
+        values.pop("version")  # bumped in SQL by the fenced write
+        if values["api_base_url"] is None:
+            values["api_base_url"] = rec.api_base_url
+        values.update(
+            last_refreshed_at=now,
+            refresh_attempts=0,
+            retry_at=None,
+            failure_code=None,
+            failure_description=None,
+            failed_at=None,
+        )
+        rotated = tokens.refresh_token is not None and tokens.refresh_token != refresh_token
+        if not await self.writer.write(_Done(rec, values, rotated, now)):
+            # fence missed or the database failed: the engine re-reads, retries, waits for
+            # another lease holder, revokes tokens minted for a grant deleted meanwhile
+            await engine._persist(rt, rec, self.owner, tokens, refresh_token, "proactive", res)
+        progress.unknown = False
+        progress.released = True
+        if integ.failure_code is not None:
+            await engine._integration_recovered(rt, integ)
+
+
+async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
+    """Claim, call and write until ``stop``; then let what is in flight finish."""
+    s = rt.settings
+    p = _Pipeline(rt, f"{rt.instance_id}:proactive")
+    last_lag = 0.0
+    try:
+        while not stop.is_set() and not rt.draining:
+            room = s.worker_batch - len(p.tasks)
+            if room < s.worker_batch // 2:
+                # keep the pipeline full but claim in batches, not one by one
+                p.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(p.room.wait(), timeout=s.worker_interval)
+                continue
+            claimed: list[GrantRecord] = []
+            try:
+                claimed = await p.claim(room)
+                integs = await p.integrations(claimed) if claimed else {}
+            except Exception as exc:  # noqa: BLE001 - the next pass retries
+                log.error("worker refresh claim failed: %s", type(exc).__name__)
+                integs = {}
+                if claimed:
+                    # claimed but not readable: leases expire and the grants fall due again
+                    claimed = []
+            resolved: dict[tuple[str, str], ResolvedIntegration | None] = {}
+            for rec in claimed:
+                p.start(rec, integs.get((rec.environment_id, rec.integration_id)), resolved)
+            if time.monotonic() - last_lag > 1.0:
+                last_lag = time.monotonic()
+                with contextlib.suppress(*DB_ERRORS):
+                    async with reading(rt.engine) as conn:
+                        oldest = await grant_store.oldest_due(conn)
+                    rt.metrics.due_lag.set(
+                        max(rt.clock.now() - oldest, 0.0) if oldest is not None else 0.0
+                    )
+            if len(claimed) < room:
+                # nothing more due right now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=s.worker_interval)
+    finally:
+        if p.tasks:
+            await asyncio.gather(*list(p.tasks), return_exceptions=True)
+        await p.writer.close()
+        await p.slots.close()
