@@ -61,6 +61,11 @@ class TokenApi:
     mints: int = 0
     revoked: list[str] = field(default_factory=list)
     claims_seen: list[dict[str, Any]] = field(default_factory=list)
+    #: the jwt-bearer form fields other than the assertion, per request
+    forms_seen: list[dict[str, str]] = field(default_factory=list)
+    #: the ``aud`` the assertion must carry (Salesforce's login host, Box's token URL ...);
+    #: None: this server's token URL
+    audience: str | None = None
     ttl: int = 3600
     server: http.server.ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,10 +122,11 @@ class TokenApi:
             return 400, {"error": "invalid_grant", "error_description": "bad signature"}
         c = tok.claims
         self.claims_seen.append(dict(c))
+        self.forms_seen.append({k: v for k, v in form.items() if k != "assertion"})
         now = time.time()
         if (
             c.get("iss") != issuer
-            or c.get("aud") != self.token_url
+            or c.get("aud") != (self.audience or self.token_url)
             or not isinstance(c.get("exp"), int)
             or c["exp"] <= now
             or not isinstance(c.get("iat"), int)

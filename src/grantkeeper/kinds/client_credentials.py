@@ -63,7 +63,8 @@ class ClientCredentialsKind(Kind):
             )
         scopes = scope_of(raw, cfg.scopes)
         if scopes:
-            values[_SCOPE_KEY] = " ".join(scopes)
+            # the entry's separator: Adobe IMS, for one, takes a comma-separated list
+            values[_SCOPE_KEY] = cfg.spec.scope_separator.join(scopes)
         return Credentials(values)
 
     def scopes(self, cfg: KindConfig, raw: Mapping[str, Any]) -> tuple[str, ...]:

@@ -8,9 +8,10 @@ ever goes to the integration's token URL. The private key never leaves the vault
 here and is never returned by any endpoint.
 
 The assertion (RFC 7523 3): RS256, or ES256 for a P-256 key; ``iss`` = issuer, ``sub`` =
-subject when given (else the issuer), ``aud`` = the token URL, ``iat``, ``exp`` one hour
-ahead at most, a fresh ``jti``; ``scope`` both as a claim (Google reads it there) and as a
-form parameter (RFC 7521 4.1). Minted like client credentials: on demand and ahead of
+subject when given (else the issuer), ``aud`` = the token URL unless the catalog entry names
+the audience its provider documents, ``iat``, ``exp`` one hour ahead at most (less where the
+entry says so), a fresh ``jti``, the entry's fixed claims; ``scope`` both as a claim (Google
+reads it there) and as a form parameter (RFC 7521 4.1). Minted like client credentials: on demand and ahead of
 expiry, single-flight, never a refresh token.
 """
 
@@ -55,7 +56,15 @@ def load_private_key(pem: str) -> RSAKey | ECKey:
     raise InvalidInput("credentials.private_key must be an RSA or EC private key in PEM")
 
 
-def assertion(creds: Credentials, audience: str, now: float, *, scope: str | None = None) -> str:
+def assertion(
+    creds: Credentials,
+    audience: str,
+    now: float,
+    *,
+    scope: str | None = None,
+    lifetime: int = ASSERTION_LIFETIME,
+    extra_claims: Mapping[str, str] | None = None,
+) -> str:
     key = load_private_key(creds.values["private_key"])
     alg = "ES256" if isinstance(key, ECKey) else "RS256"
     header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
@@ -67,9 +76,11 @@ def assertion(creds: Credentials, audience: str, now: float, *, scope: str | Non
         "sub": creds.values.get("subject") or creds.values["issuer"],
         "aud": audience,
         "iat": iat,
-        "exp": iat + ASSERTION_LIFETIME,
+        "exp": iat + min(lifetime, ASSERTION_LIFETIME),
         "jti": secrets.token_urlsafe(16),
     }
+    for name, value in (extra_claims or {}).items():
+        claims.setdefault(name, value)
     if scope:
         claims["scope"] = scope
     return jwt.encode(header, claims, key, algorithms=[alg])
@@ -137,9 +148,21 @@ class JwtBearer(Kind):
         if not cfg.token_url:
             raise InvalidInput("the integration has no token_url")
         scope = creds.values.get("scope")
+        spec = cfg.spec
+        # the entry's documented audience (Salesforce's login host, DocuSign's bare host name),
+        # else the token URL (RFC 7523 3)
+        audience = spec.assertion_audience(cfg.record.settings) or cfg.token_url
+        shape = spec.assertion
         params = {
             "grant_type": GRANT_TYPE,
-            "assertion": assertion(creds, cfg.token_url, ctx.now(), scope=scope),
+            "assertion": assertion(
+                creds,
+                audience,
+                ctx.now(),
+                scope=scope,
+                lifetime=(shape.lifetime if shape and shape.lifetime else ASSERTION_LIFETIME),
+                extra_claims=shape.claims if shape else None,
+            ),
         }
         if scope:
             params["scope"] = scope
@@ -148,7 +171,6 @@ class JwtBearer(Kind):
         client = cfg.client or ClientCredentials("", None, "none")
         if not client.client_id:
             client = _NoClient()
-        spec = cfg.spec
         tokens = await token_request(
             ctx.http,
             cfg.token_url,

@@ -43,6 +43,7 @@ __all__ = [
     "GENERIC_NAMES",
     "MINTING_MODES",
     "AccountIdSpec",
+    "AssertionSpec",
     "AuthMode",
     "CredentialField",
     "Catalog",
@@ -466,6 +467,36 @@ DEFAULT_FIELDS: dict[str, tuple[CredentialField, ...]] = {
 }
 
 
+#: claims the vault sets itself on a ``jwt_bearer`` assertion; an entry cannot replace them
+RESERVED_CLAIMS: frozenset[str] = frozenset({"iss", "sub", "aud", "iat", "exp", "jti", "scope"})
+
+
+class AssertionSpec(_Model):
+    """How a ``jwt_bearer`` provider wants its assertion (RFC 7523 3), where it differs from
+    the plain defaults (``aud`` = the token URL, ``exp`` one hour after ``iat``, no other
+    claims): Salesforce names its login host as audience, DocuSign a bare host name, Box wants
+    ``box_sub_type`` and an ``exp`` at most 60 seconds ahead.
+    """
+
+    #: the ``aud`` claim; may hold ``{setting}`` placeholders, need not be a URL
+    audience: str | None = Field(default=None, min_length=1, max_length=500)
+    #: seconds from ``iat`` to ``exp``
+    lifetime: int | None = Field(default=None, ge=30, le=3600)
+    #: fixed claims added to every assertion
+    claims: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("claims")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        clash = sorted(set(value) & RESERVED_CLAIMS)
+        if clash:
+            raise ValueError(f"claims {clash} are set by the vault and cannot be fixed here")
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
+                raise ValueError(f"invalid claim name {name!r}")
+        return value
+
+
 class VerifyRequest(_Model):
     """A cheap authenticated request that proves a credential (a path under the API base URL)."""
 
@@ -529,6 +560,8 @@ class ProviderSpec(_Model):
     #: the values a grant of a non-code kind needs; empty: the kind's defaults
     credential_fields: tuple[CredentialField, ...] = ()
     verify_request: VerifyRequest | None = None
+    #: ``jwt_bearer`` entries: the assertion's audience, lifetime and fixed claims
+    assertion: AssertionSpec | None = None
     #: OAuth 1.0a (RFC 5849) temporary-credential and token endpoints
     request_token_url: str | None = None
     access_token_url: str | None = None
@@ -599,6 +632,15 @@ class ProviderSpec(_Model):
             if self.authorization_url is None or self.token_url is None:
                 if not (self.discovery and self.issuer):
                     raise ValueError("authorization_url and token_url are required")
+        if self.assertion is not None:
+            if self.auth_mode != "jwt_bearer":
+                raise ValueError("assertion requires auth_mode 'jwt_bearer'")
+            if self.assertion.audience is not None:
+                missing = [p for p in placeholders(self.assertion.audience) if p not in declared]
+                if missing:
+                    raise ValueError(
+                        f"assertion.audience: placeholders {missing} are not declared settings"
+                    )
         if self.mcp_server_url is not None and self.auth_mode != "mcp":
             raise ValueError("mcp_server_url requires auth_mode 'mcp'")
         self._check_kind()
@@ -706,6 +748,12 @@ class ProviderSpec(_Model):
             request_token_url=one(self.request_token_url),
             access_token_url=one(self.access_token_url),
         )
+
+    def assertion_audience(self, settings: Mapping[str, str] | None = None) -> str | None:
+        """The entry's ``aud`` for a ``jwt_bearer`` assertion, filled from ``settings``."""
+        if self.assertion is None or self.assertion.audience is None:
+            return None
+        return fill(self.assertion.audience, self.resolve_settings(settings or {}))
 
     def requested_scopes(self) -> list[str]:
         """The default scopes plus the offline scope: what a Connect page shows by default."""
