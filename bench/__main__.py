@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -439,6 +440,35 @@ class Plan:
         return not self.only or name in self.only
 
 
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """A loopback OTLP/HTTP endpoint that accepts and drops spans (tracing-on runs)."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+#: grantkeeper as operated: the access log on (INFO), as by default
+GK_READ_ENV = {"GRANTKEEPER_LOG_LEVEL": "INFO"}
+
+
 def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
     """Token read vs the reference, scale 10k vs 1M, memory, refresh storm: one database."""
     keys = master_key("b1")
@@ -449,8 +479,10 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
         ids = seed(db, keys, env_id, 10_000, expires_at=far, due_at=far - 300)
         log(f"seeded 10,000 grants in {time.monotonic() - t0:.1f}s")
         tokens, tbase = start_token_endpoint(tmp, delay=0.05)
-        gk, base = start_gk(db, keys, tmp)
+        gk, base = start_gk(db, keys, tmp, **GK_READ_ENV)
         ref: Proc | None = None
+        traced: Proc | None = None
+        sink = contextlib.ExitStack()
         try:
             put_integration(base, admin, tbase)
             warm = write_ids(ids, tmp, "ids-10k.txt")
@@ -460,7 +492,9 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                     wrk(base, warm, admin, conns=64, seconds=plan.seconds)
                     for _ in range(plan.rounds)
                 ]
-                results["scale_10k"] = median_of(runs)
+                results["scale_10k"] = median_of(runs) | {
+                    "loadavg": [round(x, 1) for x in os.getloadavg()]
+                }
                 log(f"10k grants: {results['scale_10k']}")
             t0 = time.monotonic()
             ids += seed(db, keys, env_id, 90_000, start=10_000, expires_at=far, due_at=far - 300)
@@ -475,34 +509,50 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                         floors.append((f"floor_{audit}", fp, fbase))
                 else:
                     log(f"no required-work floor at {FLOOR}: compared with the bare reference only")
-                wrk(rbase, ids100, admin, conns=64, seconds=3)
-                wrk(base, ids100, admin, conns=64, seconds=3)
-                for _name, _fp, fbase in floors:
-                    wrk(fbase, ids100, admin, conns=64, seconds=3)
+                # the same server with tracing on (every request sampled, spans exported over
+                # OTLP/HTTP to a loopback sink), when the otel extra is installed
+                tbase_traced: str | None = None
+                if importlib.util.find_spec("opentelemetry.sdk") is not None:
+                    sink_url = sink.enter_context(otlp_sink())
+                    traced, tbase_traced = start_gk(
+                        db, keys, tmp, **GK_READ_ENV, GRANTKEEPER_OTEL_ENABLED="1",
+                        OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,
+                    )  # fmt: skip
+                sides: list[tuple[str, str]] = [("ref", rbase)]
+                sides += [(n, b) for n, _p, b in floors]
+                sides.append(("gk", base))
+                if tbase_traced is not None:
+                    sides.append(("gk_traced", tbase_traced))
+                for _name, b in sides:
+                    wrk(b, ids100, admin, conns=64, seconds=3)
+                results["read_loadavg_start"] = [round(x, 1) for x in os.getloadavg()]
                 for conns in (64, 32):
-                    g_runs, r_runs = [], []
-                    f_runs: dict[str, list[Any]] = {n: [] for n, _p, _b in floors}
+                    runs_by: dict[str, list[WrkResult]] = {n: [] for n, _b in sides}
                     for _ in range(plan.rounds):  # interleaved: same conditions for all
-                        r_runs.append(wrk(rbase, ids100, admin, conns=conns, seconds=plan.seconds))
-                        for fname, _fp, fbase in floors:
-                            f_runs[fname].append(
-                                wrk(fbase, ids100, admin, conns=conns, seconds=plan.seconds)
+                        for n, b in sides:
+                            runs_by[n].append(
+                                wrk(b, ids100, admin, conns=conns, seconds=plan.seconds)
                             )
-                        g_runs.append(wrk(base, ids100, admin, conns=conns, seconds=plan.seconds))
-                    results[f"read_gk_c{conns}"] = median_of(g_runs)
-                    results[f"read_ref_c{conns}"] = median_of(r_runs)
-                    for fname, runs_ in f_runs.items():
-                        results[f"read_{fname}_c{conns}"] = median_of(runs_)
-                        log(f"c{conns} {fname} {results[f'read_{fname}_c{conns}']}")
-                    log(f"c{conns} gk {results[f'read_gk_c{conns}']}")
-                    log(f"c{conns} ref {results[f'read_ref_c{conns}']}")
-                for _name, fp, _b in floors:
-                    fp.stop()
+                    for n, runs_ in runs_by.items():
+                        results[f"read_{n}_c{conns}"] = median_of(runs_)
+                        log(f"c{conns} {n} {results[f'read_{n}_c{conns}']}")
                 # CPU per request of each server process
-                for name, proc, b in (("gk", gk, base), ("ref", ref, rbase)):
+                procs = {"ref": ref, "gk": gk, "gk_traced": traced}
+                procs |= {n: p for n, p, _b in floors}
+                for n, b in sides:
+                    proc = procs[n]
+                    if proc is None:
+                        continue
                     c0 = proc.cpu_s()
                     r = wrk(b, ids100, admin, conns=64, seconds=plan.seconds)
-                    results[f"read_{name}_cpu_us"] = round((proc.cpu_s() - c0) / r.requests * 1e6)
+                    results[f"read_{n}_cpu_us"] = round((proc.cpu_s() - c0) / r.requests * 1e6)
+                    log(f"cpu/request {n}: {results[f'read_{n}_cpu_us']} us")
+                results["read_loadavg_end"] = [round(x, 1) for x in os.getloadavg()]
+                for _name, fp, _b in floors:
+                    fp.stop()
+                if traced is not None:
+                    traced.stop()
+                    traced = None
                 ref.stop()
                 ref = None
             if plan.wants("memory"):
@@ -522,11 +572,17 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                     wrk(base, big, admin, conns=64, seconds=plan.seconds)
                     for _ in range(plan.rounds)
                 ]
-                results["scale_big"] = median_of(runs) | {"grants": len(ids) - 1}
+                results["scale_big"] = median_of(runs) | {
+                    "grants": len(ids) - 1,
+                    "loadavg": [round(x, 1) for x in os.getloadavg()],
+                }
                 log(f"big: {results['scale_big']}")
         finally:
             if ref is not None:
                 ref.stop()
+            if traced is not None:
+                traced.stop()
+            sink.close()
             gk.stop()
             tokens.stop()
 

@@ -16,6 +16,55 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "**not met**"
 
 
+def _side(name: str, x: dict[str, Any]) -> str:
+    return f"{name} {x['rps']:,} req/s {x['runs']} p99 {x['p99_ms']} ms"
+
+
+def _floor_rows(r: dict[str, Any]) -> list[str]:
+    """Round 2 (issue 18): the token read against the required-work floors, same run."""
+    rows = []
+    for conns in (64, 32):
+        g, grp = r.get(f"read_gk_c{conns}"), r.get(f"read_floor_group_c{conns}")
+        if not g or not grp:
+            continue
+        inl, ref = r.get(f"read_floor_inline_c{conns}"), r.get(f"read_ref_c{conns}")
+        ok = g["rps"] >= 0.85 * grp["rps"] and g["p99_ms"] <= 1.5 * grp["p99_ms"]
+        others = [_side("floor, audit inline", inl)] if inl else []
+        others += [_side("bare reference", ref)] if ref else []
+        ratios = [
+            f"**{_pct(g['rps'], grp['rps'])}** of the group floor, p99 x{g['p99_ms'] / grp['p99_ms']:.2f}"
+        ]
+        ratios += [f"{_pct(g['rps'], inl['rps'])} of the inline floor"] if inl else []
+        ratios += [f"{_pct(g['rps'], ref['rps'])} of the bare reference"] if ref else []
+        rows.append(
+            f"| 1 | token read, 100,000 grants, {conns} connections, vs the required-work floor | "
+            f"`./bench/run --only read` | {_side('grantkeeper', g)}; "
+            f"{_side('floor, audit group-committed', grp)}; {'; '.join(others)}: "
+            f"{', '.join(ratios)}; errors {g['errors']} | >= 85% of the group floor, p99 <= 1.5x: "
+            f"{_ok(ok)} |"
+        )
+        t = r.get(f"read_gk_traced_c{conns}")
+        if t:
+            rows.append(
+                f"| 1 | token read with tracing on (every request sampled, OTLP/HTTP to a loopback "
+                f"sink), {conns} connections | `./bench/run --only read` | {_side('traced', t)}: "
+                f"**{_pct(t['rps'], g['rps'])}** of the same server with tracing off | |"
+            )
+    cpu = {k[len("read_") : -len("_cpu_us")]: v for k, v in r.items() if k.endswith("_cpu_us")}
+    if cpu:
+        rows.append(
+            "| 1 | server CPU per token read (64 connections) | `./bench/run --only read` | "
+            + ", ".join(f"{k} {v} us" for k, v in cpu.items())
+            + " | |"
+        )
+    if r.get("read_loadavg_start"):
+        rows.append(
+            f"| 1 | load average during the read section (start, end) | | "
+            f"{r['read_loadavg_start']}, {r.get('read_loadavg_end')} | |"
+        )
+    return rows
+
+
 def render(r: dict[str, Any]) -> str:
     m = r.get("machine", {})
     out = [
@@ -49,7 +98,9 @@ def render(r: dict[str, Any]) -> str:
     ]
     g64, r64 = r.get("read_gk_c64"), r.get("read_ref_c64")
     g32, r32 = r.get("read_gk_c32"), r.get("read_ref_c32")
-    if g64 and r64:
+    if g64 and r.get("read_floor_group_c64"):
+        out += _floor_rows(r)
+    elif g64 and r64:
         for conns, g, ref in ((64, g64, r64), (32, g32, r32)):
             if not g or not ref:
                 continue

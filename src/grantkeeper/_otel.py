@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 __all__ = ["Tracing"]
 
@@ -46,6 +46,28 @@ class Tracing:
         # exceptions are recorded by type only: a message could carry a provider's answer
         with self.tracer.start_as_current_span(
             name, attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as s:
+            try:
+                yield s
+            except BaseException as exc:
+                s.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                s.set_attribute("error.type", type(exc).__name__)
+                raise
+
+    @contextmanager
+    def request_span(self, name: str, scope: dict[str, Any]) -> Iterator[Any]:
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in (b"traceparent", b"tracestate")
+        }
+        with self.tracer.start_as_current_span(
+            name,
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "http.route": name.split(" ")[-1]},
+            record_exception=False,
+            set_status_on_exception=False,
         ) as s:
             try:
                 yield s

@@ -27,6 +27,19 @@ class Metrics:
         self.tokens_served = Counter(
             "grantkeeper_tokens_served_total", "Access tokens handed out", ["provider"], registry=r
         )
+        self.refresh_lag = Histogram(
+            "grantkeeper_refresh_lag_seconds",
+            "How long after falling due a proactive refresh went to the provider",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "grantkeeper_provider_request_duration_seconds",
+            "Time of one call at a provider (refresh at its token endpoint, proxied API call)",
+            ["provider", "operation"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.due_lag = Gauge(
             "grantkeeper_refresh_due_lag_seconds", "How late the oldest due grant is", registry=r
         )

@@ -19,9 +19,19 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from starlette.types import Scope
+
     from grantkeeper.config import Settings
 
-__all__ = ["configure", "enabled", "log_extra", "shutdown", "span", "trace_id"]
+__all__ = [
+    "configure",
+    "enabled",
+    "log_extra",
+    "request_span",
+    "shutdown",
+    "span",
+    "trace_id",
+]
 
 _OFF: AbstractContextManager[None] = contextlib.nullcontext()
 #: the running tracer (``grantkeeper._otel.Tracing``), None while tracing is off
@@ -56,6 +66,13 @@ def span(name: str, **attributes: str | int | float | bool | None) -> AbstractCo
     if _impl is None:
         return _OFF
     cm: AbstractContextManager[Any] = _impl.span(name, attributes)
+    return cm
+
+
+def request_span(name: str, scope: Scope) -> AbstractContextManager[Any]:
+    """A server span for an ASGI request, continuing the caller's trace (``traceparent``);
+    call only while tracing is on. Attributes: method, route, and the status when set."""
+    cm: AbstractContextManager[Any] = _impl.request_span(name, scope)
     return cm
 
 

@@ -20,6 +20,7 @@ One call, in order:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
@@ -28,7 +29,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from yarl import URL
 
-from grantkeeper import audit, ratelimit
+from grantkeeper import audit, ratelimit, tracing
 from grantkeeper.api.deps import bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate
 from grantkeeper.credential_grants import is_code_kind, mints, stamp_for
@@ -206,7 +207,8 @@ async def proxy(request: Request, grant_id: str, path: str) -> Response:
         )
         # credential kinds stamp through their kind; the code flow keeps its lean path
         cfg = None if is_code_kind(rt, integ.provider) else kind_config(rt, integ)
-        response = await _forward(rt, request, principal, rec, upstream, f"/{rel}", cfg)
+        with tracing.span("grantkeeper.proxy", grant_id=rec.id, provider=integ.provider):
+            response = await _forward(rt, request, principal, rec, upstream, f"/{rel}", cfg)
     except GrantkeeperError as exc:
         await _record(
             rt,
@@ -263,7 +265,16 @@ async def _forward(
 
     async def send(current: Stamp, target: URL) -> aiohttp.ClientResponse:
         headers = request_headers(request.headers.raw, current)
-        return await open_upstream(rt.http, method, target, headers, body, timeout=s.proxy_timeout)
+        started = time.monotonic()
+        try:
+            return await open_upstream(
+                rt.http, method, target, headers, body, timeout=s.proxy_timeout
+            )
+        finally:
+            # until the response headers: the provider's latency, not the body's size
+            rt.metrics.provider_latency.labels(rec.provider, "proxy").observe(
+                time.monotonic() - started
+            )
 
     resp = await send(stamp, url)
     retried = False

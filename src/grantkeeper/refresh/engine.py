@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from grantkeeper import audit, events
+from grantkeeper import audit, events, tracing
 from grantkeeper.clock import iso
 from grantkeeper.credential_grants import mint_tokens
 from grantkeeper.errors import (
@@ -242,7 +242,7 @@ async def refresh(
     task = rt.inflight.get(grant_id)
     if task is None or task.done():
         task = asyncio.ensure_future(
-            _refresh_leased(rt, environment_id, grant_id, seen_version, trigger, lease_owner)
+            _traced_refresh(rt, environment_id, grant_id, seen_version, trigger, lease_owner)
         )
         rt.inflight[grant_id] = task
 
@@ -255,6 +255,20 @@ async def refresh(
         task.add_done_callback(_done)
     result: GrantRecord = await asyncio.shield(task)
     return result
+
+
+async def _traced_refresh(
+    rt: Runtime,
+    environment_id: str,
+    grant_id: str,
+    seen_version: int | None,
+    trigger: str,
+    lease_owner: str | None,
+) -> GrantRecord:
+    with tracing.span("grantkeeper.refresh", grant_id=grant_id, trigger=trigger):
+        return await _refresh_leased(
+            rt, environment_id, grant_id, seen_version, trigger, lease_owner
+        )
 
 
 async def drain(rt: Runtime, timeout: float) -> int:
@@ -399,6 +413,8 @@ async def _refresh_at_provider(
             return current
         raise RefreshBusy("another process took over this refresh; retry shortly")
     metrics = rt.metrics
+    if trigger == "proactive" and rec.refresh_due_at is not None:
+        metrics.refresh_lag.observe(max(rt.clock.now() - rec.refresh_due_at, 0.0))
 
     async def call() -> TokenSet:
         started = time.monotonic()
@@ -416,7 +432,9 @@ async def _refresh_at_provider(
                 normalise=lambda body: apply_token_response(spec, body),
             )
         finally:
-            metrics.refresh_seconds.labels(spec.name).observe(time.monotonic() - started)
+            took = time.monotonic() - started
+            metrics.refresh_seconds.labels(spec.name).observe(took)
+            metrics.provider_latency.labels(spec.name, "refresh").observe(took)
 
     progress.unknown = True
     try:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from grantkeeper import connect, credential_connect
+from grantkeeper import connect, credential_connect, tracing
 from grantkeeper.errors import (
     ConnectError,
     CredentialsRejected,
@@ -107,7 +107,8 @@ async def connect_form_submit(request: Request, url_token: str) -> Response:
         log.warning("connect form failed: %s", exc.code)
         return _error_page(exc)
     try:
-        target = await credential_connect.submit(rt, form, values)
+        with tracing.span("grantkeeper.connect.submit"):
+            target = await credential_connect.submit(rt, form, values)
     except (InvalidInput, CredentialsRejected) as exc:
         return _form_page(form, url_token, values=values, error=exc.detail, status=422)
     except ProviderUnavailable:
@@ -170,7 +171,8 @@ async def connect_page(request: Request, url_token: str) -> Response:
                     {"status": "error", "error": "access_denied", "connect_session_id": sess.id},
                 ),
             )
-        result = await connect.begin(rt, url_token)
+        with tracing.span("grantkeeper.connect.begin"):
+            result = await connect.begin(rt, url_token)
     except InvalidState as exc:
         back = exc.extra.get("return_to")
         return _error_page(exc, back_url=back if isinstance(back, str) else None)
@@ -190,7 +192,8 @@ async def oauth_callback(request: Request) -> Response:
             params = list(qp.multi_items())
             if len({k for k, _ in params}) != len(params):
                 raise InvalidState("duplicated parameters in the authorization response")
-            return _redirect(await credential_connect.complete_oauth1(rt, dict(params)))
+            with tracing.span("grantkeeper.connect.callback", flow="oauth1"):
+                return _redirect(await credential_connect.complete_oauth1(rt, dict(params)))
         except GrantkeeperError as exc:
             log.info("oauth1 callback refused: %s", exc.code)
             return _error_page(exc)
@@ -200,12 +203,14 @@ async def oauth_callback(request: Request) -> Response:
             params = list(request.query_params.multi_items())
             if len({k for k, _ in params}) != len(params):
                 raise InvalidState("duplicated parameters in the installation response")
-            return _redirect(await credential_connect.complete_installation(rt, dict(params)))
+            with tracing.span("grantkeeper.connect.callback", flow="installation"):
+                return _redirect(await credential_connect.complete_installation(rt, dict(params)))
         except GrantkeeperError as exc:
             log.info("installation callback refused: %s", exc.code)
             return _error_page(exc)
     try:
-        outcome = await connect.complete(rt, list(request.query_params.multi_items()))
+        with tracing.span("grantkeeper.connect.callback"):
+            outcome = await connect.complete(rt, list(request.query_params.multi_items()))
     except ConnectError as exc:
         log.info("oauth callback refused: %s", exc.code)
         return _error_page(exc)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from grantkeeper import tracing
 from grantkeeper.netguard import check_url
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import webhooks as store
@@ -45,6 +46,16 @@ async def deliver_due(rt: Runtime, *, limit: int = 50) -> int:
 
 
 async def _attempt(rt: Runtime, d: dict[str, Any]) -> None:
+    with tracing.span(
+        "grantkeeper.webhook.deliver",
+        webhook_endpoint_id=str(d["endpoint_id"]),
+        event_id=str(d["event_id"]),
+        attempt=int(d["attempts"]) + 1,
+    ):
+        await _attempt_once(rt, d)
+
+
+async def _attempt_once(rt: Runtime, d: dict[str, Any]) -> None:
     s = rt.settings
     attempts = int(d["attempts"]) + 1
     status: int | None = None

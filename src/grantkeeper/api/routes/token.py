@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from grantkeeper import audit, ratelimit
+from grantkeeper import audit, ratelimit, tracing
 from grantkeeper.api.deps import bearer, missing_key, parse_bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
 from grantkeeper.credential_grants import has_access_token, provider_has_access_token
@@ -347,14 +347,11 @@ async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     raw_key = parse_bearer(auth)
     if raw_key is None:
         raise missing_key(auth, x_api_key)
-    response = await _serve(
-        rt,
-        raw_key,
-        scope["path_params"]["grant_id"],
-        b"".join(chunks),
-        content_type,
-        scope["query_string"],
-    )
+    grant_id = scope["path_params"]["grant_id"]
+    with tracing.span("grantkeeper.token.read", grant_id=grant_id):
+        response = await _serve(
+            rt, raw_key, grant_id, b"".join(chunks), content_type, scope["query_string"]
+        )
     await response(scope, receive, send)
 
 
@@ -370,14 +367,15 @@ async def grant_token(request: Request, grant_id: str) -> Response:
     raw_key = bearer(request)
     if raw_key is None:
         raise unauthenticated_request(request)
-    return await _serve(
-        request.app.state.runtime,
-        raw_key,
-        grant_id,
-        await request.body(),
-        request.headers.get("content-type"),
-        request.url.query.encode("latin-1"),
-    )
+    with tracing.span("grantkeeper.token.read", grant_id=grant_id):
+        return await _serve(
+            request.app.state.runtime,
+            raw_key,
+            grant_id,
+            await request.body(),
+            request.headers.get("content-type"),
+            request.url.query.encode("latin-1"),
+        )
 
 
 def _iso(ts: float | None) -> str | None:
