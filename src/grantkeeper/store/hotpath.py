@@ -225,7 +225,9 @@ class HotPath:
             # the writer is its own task: a caller that goes away (cancelled) never takes
             # other callers' rows down with it
             self._writer = asyncio.get_running_loop().create_task(self._write_batches())
-        await asyncio.shield(done)
+        # a caller cancelled here only cancels its own future: its row is still written,
+        # and the writer skips futures that are already done
+        await done
 
     async def _write_batches(self) -> None:
         try:

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from grantkeeper import audit, ratelimit, tracing
 from grantkeeper.api.deps import bearer, missing_key, parse_bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
+from grantkeeper.clock import iso as _iso
 from grantkeeper.credential_grants import has_access_token, provider_has_access_token
 from grantkeeper.errors import (
     InvalidInput,
@@ -210,7 +211,7 @@ async def _answer(
                 integration_id=integration_id,
                 generation=version,
             )
-    rt.metrics.tokens_served.labels(provider).inc()
+    rt.metrics.served(provider).inc()
     payload = {
         "access_token": access_token,
         "token_type": token_type,
@@ -376,9 +377,3 @@ async def grant_token(request: Request, grant_id: str) -> Response:
             request.headers.get("content-type"),
             request.url.query.encode("latin-1"),
         )
-
-
-def _iso(ts: float | None) -> str | None:
-    from grantkeeper.clock import iso
-
-    return iso(ts)
