@@ -77,6 +77,35 @@ def _no_reserved_params(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
+#: token request parameters the vault sets itself: an integration's ``token_params`` may
+#: not name them (compared case-insensitively)
+RESERVED_TOKEN_PARAMS = frozenset(
+    {
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "assertion",
+        "scope",
+        "code",
+        "code_verifier",
+        "redirect_uri",
+        "refresh_token",
+    }
+)
+
+
+def _no_reserved_token_params(v: dict[str, str]) -> dict[str, str]:
+    taken = sorted(k for k in v if k.lower() in RESERVED_TOKEN_PARAMS)
+    if taken:
+        raise ValueError(
+            f"token_params must not set {', '.join(taken)}: the vault sets these itself "
+            "(use 'scopes' for the scope)"
+        )
+    return v
+
+
 Printable = Annotated[str, AfterValidator(_printable)]
 UserId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)]
 Scopes = Annotated[list[str], Field(max_length=100), AfterValidator(_scope_list)]
@@ -122,6 +151,16 @@ class IntegrationInput(_In):
         ],
         Field(max_length=30),
         AfterValidator(_no_reserved_params),
+    ] = Field(default_factory=dict)
+    #: extra token-request parameters (client_credentials, jwt_bearer: Auth0's and Box's
+    #: ``audience``, RFC 8707 ``resource``); over the catalog's ``token_params``
+    token_params: Annotated[
+        dict[
+            Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+            Annotated[str, Field(max_length=500), AfterValidator(_printable)],
+        ],
+        Field(max_length=30),
+        AfterValidator(_no_reserved_token_params),
     ] = Field(default_factory=dict)
     issuer: Url | None = None
     endpoints: EndpointsInput | None = None

@@ -95,6 +95,8 @@ class KindConfig:
     scopes: tuple[str, ...]
     app_id: str | None = None
     private_key: str | None = field(default=None, repr=False)
+    #: extra token-request parameters: the entry's, then the integration's (minting kinds)
+    token_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

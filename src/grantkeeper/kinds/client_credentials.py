@@ -85,7 +85,9 @@ class ClientCredentialsKind(Kind):
     async def mint(self, ctx: KindContext, cfg: KindConfig, creds: Credentials) -> TokenSet:
         if not cfg.token_url:
             raise InvalidInput("the integration has no token_url")
-        params = {"grant_type": "client_credentials"}
+        # the entry's and integration's extras first: what the vault sets wins over them
+        extras = {k: v for k, v in cfg.token_params.items() if k != "scope"}
+        params = {**extras, "grant_type": "client_credentials"}
         if creds.values.get(_SCOPE_KEY):
             params["scope"] = creds.values[_SCOPE_KEY]
         spec = cfg.spec

@@ -91,4 +91,5 @@ def kind_config(rt: Runtime, rec: IntegrationRecord) -> KindConfig:
         scopes=tuple(rec.scopes),
         app_id=rec.app_id,
         private_key=private_key,
+        token_params={**spec.token_params, **(rec.token_params or {})},
     )

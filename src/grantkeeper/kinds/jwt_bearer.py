@@ -153,7 +153,9 @@ class JwtBearer(Kind):
         # else the token URL (RFC 7523 3)
         audience = spec.assertion_audience(cfg.record.settings) or cfg.token_url
         shape = spec.assertion
+        extras = {k: v for k, v in cfg.token_params.items() if k != "scope"}
         params = {
+            **extras,  # the entry's and integration's extras; what the vault sets wins
             "grant_type": GRANT_TYPE,
             "assertion": assertion(
                 creds,

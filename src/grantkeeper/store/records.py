@@ -50,6 +50,7 @@ class IntegrationRecord:
     verify_request: dict[str, Any] | None = None
     app_id: str | None = None
     private_key_ct: bytes | None = None
+    token_params: dict[str, str] | None = None
     failure_code: str | None = None
     failure_description: str | None = None
     failed_at: float | None = None

@@ -123,6 +123,8 @@ integrations = Table(
     Column("verify_request", JSON, nullable=True),
     Column("app_id", String(64), nullable=True),
     Column("private_key_ct", LargeBinary, nullable=True),
+    # extra token-request parameters (Auth0's ``audience``, RFC 8707 ``resource``)
+    Column("token_params", JSON, nullable=True),
     # the provider refused the integration's client (invalid_client, unauthorized_client):
     # status "failing" until a refresh at retry_at (bounded backoff) succeeds
     Column("failure_code", String(64), nullable=True),
