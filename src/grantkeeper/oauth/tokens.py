@@ -6,6 +6,7 @@ kept, the description is shortened and scrubbed of any secret we sent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -57,6 +58,11 @@ _PERMANENT = {
 #: the provider refuses the app's own client: every grant of the integration is affected,
 #: none of them is dead (v2 contract, "Durability and operations")
 _INTEGRATION = {"invalid_client", "unauthorized_client"}
+
+#: how long the body of an answer may take to arrive whole, as long as it keeps arriving
+#: (the HTTP timeout bounds silence): a rotated refresh token is in that body
+ANSWER_DEADLINE_FACTOR = 6
+ANSWER_DEADLINE_MIN = 60.0
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -198,20 +204,25 @@ async def post_form(
     """POST a form; return (status, JSON-or-form body as dict, headers).
 
     Transport failures, timeouts, 5xx and 429 raise ``ProviderUnavailable``.
+    ``timeout`` bounds connecting and each silence while waiting, not the whole answer:
+    a body that keeps arriving is read to its end (within ``ANSWER_DEADLINE_*``), since
+    a provider that answers 2xx has done the work (rotated the refresh token).
     """
     headers = {"Accept": "application/json", **headers}
+    answer_deadline = max(ANSWER_DEADLINE_MIN, ANSWER_DEADLINE_FACTOR * timeout)
     try:
         async with http.post(
             url,
             data=form,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
             allow_redirects=False,
         ) as resp:
             status = resp.status
             rh = resp.headers
             try:
-                raw = await read_body(resp)
+                async with asyncio.timeout(answer_deadline):
+                    raw = await read_body(resp)
             except (TimeoutError, aiohttp.ClientError, OSError, BodyTooLarge) as exc:
                 if 200 <= status < 300:
                     raise ProviderOutcomeUnknown(

@@ -362,6 +362,18 @@ async def _renew(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
         return None
 
 
+async def _keep_leased(rt: Runtime, rec: GrantRecord, owner: str) -> None:
+    """Renew our lease while the provider call is in flight: an answer may take longer
+    than one lease term to arrive whole, and nobody else may present this refresh token
+    meanwhile (the provider may already have rotated it)."""
+    interval = max(0.5, lease_budget(rt) / 3)
+    while True:
+        await asyncio.sleep(interval)
+        if await _renew(rt, rec, owner) is False:
+            log.warning("grant %s: the refresh lease was lost during the provider call", rec.id)
+            return
+
+
 async def _read(rt: Runtime, rec: GrantRecord) -> GrantRecord | None:
     async with reading(rt.engine) as conn:
         return await store.get(conn, rec.environment_id, rec.id)
@@ -437,6 +449,7 @@ async def _refresh_at_provider(
             metrics.provider_latency.labels(spec.name, "refresh").observe(took)
 
     progress.unknown = True
+    heartbeat = asyncio.ensure_future(_keep_leased(rt, rec, owner))
     try:
         try:
             tokens = await call()
@@ -448,6 +461,8 @@ async def _refresh_at_provider(
                 exc.detail,
             )
             tokens = await call()
+        finally:
+            heartbeat.cancel()
     except ProviderOutcomeUnknown as exc:
         metrics.refreshes.labels(spec.name, "unknown", trigger).inc()
         log.error("grant %s: refresh outcome unknown twice; the lease is kept", rec.id)
