@@ -737,8 +737,10 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                         "SELECT count(*) FILTER (WHERE version = 2) AS once, "
                         "count(*) FILTER (WHERE version > 2) AS more, "
                         "max(last_refreshed_at) AS last, "
-                        "percentile_cont(0.5) WITHIN GROUP (ORDER BY last_refreshed_at) AS mid, "
-                        "percentile_cont(0.99) WITHIN GROUP (ORDER BY last_refreshed_at) AS p99 "
+                        "percentile_cont(0.5) WITHIN GROUP (ORDER BY last_refreshed_at) "
+                        "FILTER (WHERE version > 1) AS mid, "
+                        "percentile_cont(0.99) WITHIN GROUP (ORDER BY last_refreshed_at) "
+                        "FILTER (WHERE version > 1) AS p99 "
                         "FROM grants"
                     )
                     per_grant = await c.fetchval(

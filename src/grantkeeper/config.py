@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     #: SIGTERM/SIGINT: seconds to finish refreshes already at a provider before exiting
     shutdown_timeout: float = Field(default=10.0, gt=0, le=3600)
 
+    #: /metrics and the dashboard reuse grant counts by status for this many seconds
+    grant_counts_ttl: float = Field(default=30.0, ge=0)
+
     worker_interval: float = Field(default=1.0, gt=0)
     worker_batch: int = Field(default=100, ge=1, le=10_000)
     worker_concurrency: int = Field(default=32, ge=1, le=1000)

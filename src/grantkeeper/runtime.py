@@ -16,6 +16,7 @@ from grantkeeper import tracing
 from grantkeeper.access.jwks import JwksCache
 from grantkeeper.clock import Clock, SystemClock
 from grantkeeper.config import Settings
+from grantkeeper.counts import CachedCounts
 from grantkeeper.errors import ConfigError
 from grantkeeper.metrics import Metrics
 from grantkeeper.netguard import GuardedConnector
@@ -55,6 +56,8 @@ class Runtime:
     #: set when the process stops: the worker takes no new work (refreshes already at a
     #: provider finish and persist; ``refresh.engine.drain`` waits for them)
     draining: bool = False
+    #: grant counts by status for /metrics and the dashboard (an estimate, ``grant_counts_ttl``)
+    counts: CachedCounts = field(default_factory=lambda: CachedCounts(30.0))
 
     async def close(self) -> None:
         if self.hotpath is not None:
@@ -122,6 +125,7 @@ async def open_runtime(
         metrics=Metrics(),
         clock=clock or SystemClock(),
         instance_id=f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}",
+        counts=CachedCounts(settings.grant_counts_ttl),
         hotpath=HotPath.for_engine(eng, settings.db_pool_size, settings.db_acquire_timeout)
         if eng.dialect.name == "postgresql"
         else None,

@@ -12,8 +12,10 @@ sent), so a process that stalls past its lease never starts a call under it agai
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -103,14 +105,16 @@ async def release(conn: AsyncConnection, provider: str, owner: str, slots: Seque
 
 
 class _Provider:
-    __slots__ = ("busy", "held", "last_try", "waiters")
+    __slots__ = ("acquirer", "busy", "free", "held", "queue")
 
     def __init__(self) -> None:
         #: slot -> monotonic time until which it may start a call
         self.held: dict[int, float] = {}
+        self.free: list[int] = []
         self.busy: set[int] = set()
-        self.waiters = 0
-        self.last_try = 0.0
+        #: callers waiting for a slot, first come first served
+        self.queue: collections.deque[asyncio.Future[int]] = collections.deque()
+        self.acquirer: asyncio.Task[None] | None = None
 
 
 class ProviderSlots:
@@ -126,72 +130,95 @@ class ProviderSlots:
         #: a call starts under a slot only if its lease outlasts this many seconds
         self._budget = call_budget
         self._providers: dict[str, _Provider] = {}
-        self._changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
 
-    def _usable(self, p: _Provider) -> int | None:
-        now = time.monotonic()
-        for slot, until in p.held.items():
-            if slot not in p.busy and until - now > self._budget:
+    def _usable(self, p: _Provider, slot: int) -> bool:
+        return p.held.get(slot, 0.0) - time.monotonic() > self._budget
+
+    def _take(self, p: _Provider) -> int | None:
+        while p.free:
+            slot = p.free.pop()
+            if self._usable(p, slot):
                 return slot
+            # too close to its lease's end: only a renewal makes it usable again
         return None
 
-    async def _acquire(self, name: str, p: _Provider) -> None:
-        want = min(p.waiters - (len(p.held) - len(p.busy)), self._count - len(p.held))
-        if want <= 0:
-            return
-        p.last_try = time.monotonic()
-        sent = time.monotonic()
-        try:
-            async with self._engine.begin() as conn:
-                got = await acquire(conn, name, self._owner, want, self._count, self._seconds)
-        except DB_ERRORS as exc:
-            log.warning("refresh slots for %s: %s", name, type(exc).__name__)
-            return
-        for slot in got:
-            p.held[slot] = sent + self._seconds
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.ensure_future(self._renew_loop())
+    def _offer(self, p: _Provider, slot: int) -> None:
+        """A slot became free: hand it to the first waiter, or keep it."""
+        if self._usable(p, slot):
+            while p.queue:
+                fut = p.queue.popleft()
+                if not fut.done():
+                    p.busy.add(slot)
+                    fut.set_result(slot)
+                    return
+        p.free.append(slot)
+
+    async def _acquire_loop(self, name: str, p: _Provider) -> None:
+        # one acquirer per provider while anyone waits; polls while others hold every slot
+        while p.queue:
+            want = min(len(p.queue), self._count - len(p.held))
+            got: list[int] = []
+            if want > 0:
+                sent = time.monotonic()
+                try:
+                    async with self._engine.begin() as conn:
+                        got = await acquire(
+                            conn, name, self._owner, want, self._count, self._seconds
+                        )
+                except DB_ERRORS as exc:
+                    log.warning("refresh slots for %s: %s", name, type(exc).__name__)
+                for slot in got:
+                    p.held[slot] = sent + self._seconds
+                    self._offer(p, slot)
+                if got and (self._renewer is None or self._renewer.done()):
+                    self._renewer = asyncio.ensure_future(self._renew_loop())
+            if p.queue and not got:
+                await asyncio.sleep(0.1)
 
     @contextlib.asynccontextmanager
     async def slot(self, name: str, wait: float) -> AsyncIterator[int]:
         """Hold one of ``name``'s slots for a call; ``RefreshBusy`` after ``wait`` seconds."""
         p = self._providers.setdefault(name, _Provider())
-        deadline = time.monotonic() + wait
-        p.waiters += 1
-        try:
-            while True:
-                slot = self._usable(p)
-                if slot is not None:
-                    break
-                if time.monotonic() - p.last_try > 0.05:
-                    await self._acquire(name, p)
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RefreshBusy(f"no refresh slot for {name} is free")
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.05))
-        finally:
-            p.waiters -= 1
-        p.busy.add(slot)
+        slot = self._take(p)
+        if slot is not None:
+            p.busy.add(slot)
+        else:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            p.queue.append(fut)
+            if p.acquirer is None or p.acquirer.done():
+                p.acquirer = asyncio.ensure_future(self._acquire_loop(name, p))
+            try:
+                slot = await asyncio.wait_for(asyncio.shield(fut), timeout=wait)
+            except (TimeoutError, asyncio.CancelledError):
+                with contextlib.suppress(ValueError):
+                    p.queue.remove(fut)
+                if fut.done() and not fut.cancelled():
+                    # handed a slot just as we gave up: pass it on
+                    p.busy.discard(fut.result())
+                    self._offer(p, fut.result())
+                else:
+                    fut.cancel()
+                if not isinstance(sys.exc_info()[1], asyncio.CancelledError):
+                    raise RefreshBusy(f"no refresh slot for {name} is free") from None
+                raise
         try:
             yield slot
         finally:
             p.busy.discard(slot)
-            self._changed.set()
+            if slot in p.held:
+                self._offer(p, slot)
 
     async def _renew_loop(self) -> None:
         while any(p.held for p in self._providers.values()):
             await asyncio.sleep(self._seconds / 6)
             for name, p in list(self._providers.items()):
-                idle = [s for s in p.held if s not in p.busy] if not p.waiters else []
+                # slots nobody waits for go back, so other workers can use them
+                idle = [] if p.queue else list(p.free)
                 keep = [s for s in p.held if s not in idle]
                 sent = time.monotonic()
                 try:
                     async with self._engine.begin() as conn:
-                        # slots nobody waits for go back, so other workers can use them
                         await release(conn, name, self._owner, idle)
                         ours = await renew(conn, name, self._owner, keep, self._seconds)
                 except DB_ERRORS as exc:
@@ -199,20 +226,31 @@ class ProviderSlots:
                     continue
                 for s in idle:
                     p.held.pop(s, None)
+                p.free = [s for s in p.free if s not in idle]
                 for s in keep:
                     if s in ours:
                         p.held[s] = sent + self._seconds
                     else:
-                        p.held.pop(s, None)  # lost: never start a call under it again
+                        # lost: never start a call under it again
+                        p.held.pop(s, None)
+                        with contextlib.suppress(ValueError):
+                            p.free.remove(s)
+                # renewed free slots may serve waiters again
+                free, p.free = p.free, []
+                for s in free:
+                    self._offer(p, s)
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+        tasks = [t for t in (self._renewer, *(p.acquirer for p in self._providers.values())) if t]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._renewer
+                await t
         for name, p in self._providers.items():
             if p.held:
                 with contextlib.suppress(*DB_ERRORS):
                     async with self._engine.begin() as conn:
                         await release(conn, name, self._owner, list(p.held))
                 p.held.clear()
+                p.free.clear()

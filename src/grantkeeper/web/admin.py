@@ -419,8 +419,14 @@ async def dashboard(request: Request) -> Response:
     ui = await _signed_in(request)
     p = ui.principal
     only = tuple(sorted(p.integration_ids)) if p.integration_ids is not None else None
+
+    async def load_counts() -> dict[str, int]:
+        async with reading(ui.rt.engine) as conn:
+            return await grant_counts(conn, p.environment_id, p.integration_ids)
+
+    # a count over the environment's grants: reused for grant_counts_ttl, not per view
+    counts = await ui.rt.counts.get((p.environment_id, only), load_counts)
     async with reading(ui.rt.engine) as conn:
-        counts = await grant_counts(conn, p.environment_id, p.integration_ids)
         chart = await refresh_chart(conn, p.environment_id, ui.rt.clock.now(), p.integration_ids)
         integrations = await integ_store.list_integrations(conn, p.environment_id, only)
         endpoints = await webhook_store.list_endpoints(conn, p.environment_id, p.integration_ids)

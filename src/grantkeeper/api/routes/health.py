@@ -64,8 +64,13 @@ async def readyz(rt: RuntimeDep) -> dict[str, Any] | Response:
 @router.get("/metrics", response_class=Response)
 async def metrics(rt: RuntimeDep) -> Response:
     try:
-        async with reading(rt.engine) as conn:
-            totals = await grant_store.count_all_by_status(conn)
+
+        async def load() -> dict[str, int]:
+            async with reading(rt.engine) as conn:
+                return await grant_store.count_all_by_status(conn)
+
+        # a count over every grant: at most once per grant_counts_ttl, not per scrape
+        totals = await rt.counts.get("all", load)
         for status in ("active", "invalid", "revoked"):
             rt.metrics.grants.labels(status).set(totals.get(status, 0))
     except Exception as exc:  # noqa: BLE001 - metrics must answer even when the database does not
