@@ -17,9 +17,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, ColumnElement, Table, and_, func, or_, select, update
+from sqlalchemy import Column, ColumnElement, Select, Table, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.errors import DecryptionFailed, KeysUnavailable
@@ -34,6 +34,7 @@ __all__ = [
     "RotationReport",
     "count_by_key",
     "count_pending",
+    "page_query",
     "probe",
     "probe_failure",
     "rotate",
@@ -93,6 +94,19 @@ def _aad(target: _Target, row: dict[str, object], field: str) -> bytes:
 
 def _has_secret(t: _Target) -> ColumnElement[bool]:
     return or_(*(_col(t.table, f).is_not(None) for f in t.fields))
+
+
+def page_query(
+    t: _Target, cols: list[Column[Any]], last: tuple[str, str] | None, batch: int
+) -> Select[Any]:
+    """One page of rows holding secrets, after ``last`` in (environment_id, id) order."""
+    tbl = t.table
+    q = select(*cols).where(_has_secret(t)).order_by(tbl.c.environment_id, tbl.c.id).limit(batch)
+    if last is not None:
+        # a row-value comparison: one range on the (environment_id, id) index, where the
+        # equivalent OR made every page scan and sort from the start (quadratic at 1M rows)
+        q = q.where(tuple_(tbl.c.environment_id, tbl.c.id) > tuple_(*last))
+    return q
 
 
 async def count_pending(engine: AsyncEngine, vault: Vault) -> int:
@@ -192,21 +206,12 @@ async def rotate(
     report = RotationReport()
     for t in _TARGETS:
         tbl = t.table
-        cols = [tbl.c.environment_id, tbl.c.id] + ([tbl.c.version] if t.name == "grants" else [])
+        cols: list[Column[Any]] = [tbl.c.environment_id, tbl.c.id]
+        cols += [tbl.c.version] if t.name == "grants" else []
         cols += [_col(tbl, f) for f in t.fields]
         last: tuple[str, str] | None = None
         while True:
-            q = (
-                select(*cols)
-                .where(_has_secret(t))
-                .order_by(tbl.c.environment_id, tbl.c.id)
-                .limit(batch)
-            )
-            if last is not None:
-                q = q.where(
-                    (tbl.c.environment_id > last[0])
-                    | and_(tbl.c.environment_id == last[0], tbl.c.id > last[1])
-                )
+            q = page_query(t, cols, last, batch)
             async with reading(engine) as conn:
                 rows = [dict(m) for m in (await conn.execute(q)).mappings().all()]
             if not rows:

@@ -186,6 +186,8 @@ grants = Table(
     Index("ix_grants_env_integration", "environment_id", "integration_id"),
     Index("ix_grants_expiry_warn", "status", "expiry_warn_at"),
     Index("ix_grants_probe_due", "status", "probe_due_at"),
+    # key rotation's keyset pagination
+    Index("ix_grants_env_id", "environment_id", "id"),
 )
 
 connect_sessions = Table(
@@ -217,6 +219,8 @@ connect_sessions = Table(
     Column("export_expires_at", Double, nullable=True),
     # none | available | retrieved | expired
     Column("export_status", String(12), nullable=False),
+    # key rotation's keyset pagination
+    Index("ix_connect_sessions_env_id", "environment_id", "id"),
 )
 
 audit_events = Table(
@@ -262,6 +266,8 @@ webhook_endpoints = Table(
     Column("secret_ct", LargeBinary, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("deleted_at", Double, nullable=True),
+    # key rotation's keyset pagination
+    Index("ix_webhook_endpoints_env_id", "environment_id", "id"),
 )
 
 webhook_events = Table(
