@@ -61,10 +61,14 @@ class PgConns:
         self._all: set[asyncpg.Connection] = set()
         #: slots taken: free + handed out + being opened
         self._slots = 0
-        #: a waiter's future gets a connection, or None meaning "a slot is yours: open one"
-        self._waiters: collections.deque[asyncio.Future[asyncpg.Connection | None]] = (
-            collections.deque()
-        )
+        #: (deadline, future) in arrival order; a waiter's future gets a connection, or None
+        #: meaning "a slot is yours: open one", or StoreUnavailable at its deadline
+        self._waiters: collections.deque[
+            tuple[float, asyncio.Future[asyncpg.Connection | None]]
+        ] = collections.deque()
+        #: one timer for the oldest waiter's deadline (not one timeout per waiter: under load
+        #: most requests wait a moment, and a timer each cost more than the wait)
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._drained: asyncio.Event | None = None
 
@@ -79,18 +83,29 @@ class PgConns:
         if self._slots < self._size:
             self._slots += 1
             return await self._open()
-        fut: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
+        self._waiters.append((loop.time() + self._timeout, fut))
+        if self._timer is None:
+            self._timer = loop.call_at(self._waiters[0][0], self._expire)
         try:
-            async with asyncio.timeout(self._timeout):
-                got = await fut
-        except TimeoutError:
-            self._abandon(fut)
-            raise _unavailable("no database connection came free in time") from None
+            got = await fut
         except BaseException:
             self._abandon(fut)
             raise
         return got if got is not None else await self._open()
+
+    def _expire(self) -> None:
+        """Waiters past their deadline get 503; the timer moves on to the next oldest."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiters and (self._waiters[0][0] <= now or self._waiters[0][1].done()):
+            _, w = self._waiters.popleft()
+            if not w.done():
+                w.set_exception(_unavailable("no database connection came free in time"))
+        if self._waiters and not self._closed:
+            self._timer = loop.call_at(self._waiters[0][0], self._expire)
 
     def _abandon(self, fut: asyncio.Future[asyncpg.Connection | None]) -> None:
         """A waiter that gives up: what it was handed meanwhile goes to the next one."""
@@ -125,7 +140,7 @@ class PgConns:
             self._drop(conn)
             return
         while self._waiters:
-            w = self._waiters.popleft()
+            _, w = self._waiters.popleft()
             if not w.done():
                 w.set_result(conn)
                 return
@@ -157,7 +172,7 @@ class PgConns:
                 self._drained.set()
             return
         while self._waiters:  # the first live waiter opens a connection into the slot
-            w = self._waiters.popleft()
+            _, w = self._waiters.popleft()
             if not w.done():
                 self._slots += 1
                 w.set_result(None)
@@ -194,8 +209,11 @@ class PgConns:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiters:
-            w = self._waiters.popleft()
+            _, w = self._waiters.popleft()
             if not w.done():
                 w.set_exception(_unavailable("the database connections are closed"))
         self._slots -= len(self._free)  # now: the busy ones (handed out or opening)
