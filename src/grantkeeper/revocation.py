@@ -218,10 +218,20 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
     async with reading(rt.engine) as conn:
         rec = await get_visible(conn, principal.environment_id, grant_id, principal.integration_ids)
     if rec.status == "revoked":
-        # nothing is sent again; the answer tells what happened the first time
+        # nothing is sent again; the answer tells where the revocation stands now: the
+        # outbox's outcome when the first DELETE left it one, else the first DELETE's
         async with reading(rt.engine) as conn:
+            queued = await outbox.latest_for_grant(conn, rec.environment_id, rec.id)
             first = await audit_store.last_detail(conn, rec.environment_id, rec.id, "grant.deleted")
-        earlier = (first or {}).get("provider_revocation")
+        earlier = queued if queued is not None else (first or {}).get("provider_revocation")
+        if earlier == "pending":
+            return {
+                "id": rec.id,
+                "status": "revoked",
+                "provider_revocation": "failed",
+                "already_revoked": True,
+                "revocation_pending": True,
+            }
         return {
             "id": rec.id,
             "status": "revoked",

@@ -51,3 +51,34 @@ def test_revocation_survives_a_provider_outage(backend: str, tmp_path: Path, oid
         assert grant == (None, None)
         time.sleep(1.5)
         assert oidc.stats()["revocation"] == before + outage + 1
+
+
+def test_second_delete_reports_the_current_revocation_outcome(backend: str, tmp_path: Path, oidc: OidcServer) -> None:
+    """A DELETE repeated after the outbox reached the provider says so ("succeeded"), not
+    what the first DELETE saw during the outage; while it is still pending it says that."""
+    with running_server(backend, tmp_path, GRANTKEEPER_REVOCATION_RETRY_BASE="0.3") as gk:
+        setup_oidc_integration(gk, oidc)
+        gid = connect_grant(gk, oidc, "acme", "user-again")
+        before = oidc.stats()["revocation"]
+        outage = 4
+        # the DELETE's own attempts, and the worker's first one, meet the outage
+        oidc.faults(revocation=[{"mode": "status", "status": 503}] * outage)
+        with gk.client() as c:
+            first = c.delete(f"/v1/grants/{gid}").json()
+            assert first["provider_revocation"] == "failed" and first.get("revocation_pending") is True
+            again = c.delete(f"/v1/grants/{gid}").json()
+            if oidc.stats()["revocation"] < before + outage + 1:
+                assert again["provider_revocation"] == "failed" and again.get("revocation_pending") is True, again
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                (row,) = sql_rows(gk.db, "SELECT status FROM revocation_outbox WHERE grant_id = ?", gid)
+                if row[0] != "pending":
+                    break
+                time.sleep(0.3)
+            assert row[0] == "succeeded", row
+            later = c.delete(f"/v1/grants/{gid}")
+            assert later.status_code == 200, later.text
+            body = later.json()
+            assert body["already_revoked"] is True
+            assert body["provider_revocation"] == "succeeded", body
+            assert "revocation_pending" not in body

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.store.tables import revocation_outbox
 
-__all__ = ["claim_due", "enqueue", "finish", "retry_later"]
+__all__ = ["claim_due", "enqueue", "finish", "latest_for_grant", "retry_later"]
 
 
 async def enqueue(conn: AsyncConnection, values: dict[str, Any]) -> None:
@@ -76,3 +76,18 @@ async def retry_later(
         .where(revocation_outbox.c.id == row_id)
         .values(attempts=attempts, next_attempt_at=at, lease_until=None, last_error=error[:200])
     )
+
+
+async def latest_for_grant(conn: AsyncConnection, environment_id: str, grant_id: str) -> str | None:
+    """The status of the grant's newest outbox row (None: the DELETE needed none)."""
+    r = await conn.execute(
+        select(revocation_outbox.c.status)
+        .where(
+            revocation_outbox.c.environment_id == environment_id,
+            revocation_outbox.c.grant_id == grant_id,
+        )
+        .order_by(revocation_outbox.c.created_at.desc())
+        .limit(1)
+    )
+    status = r.scalar_one_or_none()
+    return None if status is None else str(status)
