@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from tests.support.credapi import CredApi
 from tests.support.flows import RETURN_URL
 from tests.support.gk import Server, WebhookSink
 from tests.support.oidc import OidcServer, pkce_pair
@@ -35,6 +36,8 @@ from grantkeeper.client import (
     PermissionDeniedError,
     RefreshTokenRejectedError,
     ReturnToNotAllowedError,
+    Stamp,
+    UnsupportedGrantKindError,
     ValidationError,
 )
 
@@ -397,3 +400,124 @@ async def test_async_client_end_to_end(gk: Server, oidc: OidcServer) -> None:
             await bad.grants.list()
 
 
+
+
+# ---------------------------------------------------------------- auth() for every kind
+
+API_KEY = "sk_test_" + "sdkSdkSdkSdk00000001"
+API_KEY_2 = "sk_test_" + "sdkSdkSdkSdk00000002"
+
+
+def _credential_grant(vault: Client, gk: Server, iid: str, body: dict[str, object], creds: dict[str, str]) -> str:
+    vault.integrations.put(iid, **body)  # type: ignore[arg-type]
+    with gk.client() as c:
+        r = c.post("/v1/grants", json={"integration_id": iid, "user_id": "sdk-user", "credentials": creds, "verify": True})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "stamp"),
+    [
+        ("/bearer", None),
+        ("/header", {"in": "header", "name": "X-API-Key", "template": "{api_key}"}),
+        ("/query", {"in": "query", "name": "api_key"}),
+        ("/basic", {"in": "basic"}),
+    ],
+)
+def test_auth_stamps_api_keys_as_the_integration_says(gk: Server, cred_api: CredApi, prefix: str, stamp: dict[str, str] | None) -> None:
+    """``auth()`` on an api_key grant: the credential from ``/credentials``, stamped by the
+    integration's stamp (looked up once), with httpx sync and async and with requests."""
+    cred_api.keys.add(API_KEY)
+    cred_api.logins.add((API_KEY, ""))  # Stripe's documented basic form: the key, no password
+    body: dict[str, object] = {"provider": "api_key", "api_base_url": cred_api.base_url + prefix,
+                               "verify_request": {"path": "/v1/balance"}}
+    if stamp:
+        body["stamp"] = stamp
+    with Client(gk.base_url, gk.admin_key) as vault:
+        gid = _credential_grant(vault, gk, "keys", body, {"api_key": API_KEY})
+        auth = vault.auth(gid)
+        with httpx.Client(auth=auth) as http:
+            for _ in range(3):
+                r = http.get(cred_api.base_url + prefix + "/v1/charges", params={"limit": "3"})
+                assert r.status_code == 200, r.text
+        seen = cred_api.seen[-1]
+        assert seen.query.get("limit") == ["3"]
+        if prefix == "/query":
+            assert seen.query["api_key"] == [API_KEY]
+
+        async def via_async() -> int:
+            async with AsyncClient(gk.base_url, gk.admin_key) as avault:
+                async with httpx.AsyncClient(auth=avault.auth(gid)) as http:
+                    r = await http.get(cred_api.base_url + prefix + "/v1/charges")
+                    return r.status_code
+
+        import asyncio
+
+        assert asyncio.run(via_async()) == 200
+        requests = pytest.importorskip("requests")
+        with requests.Session() as session:
+            session.auth = vault.requests_auth(gid)
+            assert session.get(cred_api.base_url + prefix + "/v1/charges", timeout=10).status_code == 200
+        # credentials are read once per adapter, not per request
+        issued = [e for e in vault.audit_events.list(grant_id=gid, limit=200).data if e.action == "credentials.issued"]
+        assert len(issued) == 3, [e.action for e in issued]
+
+
+def test_auth_rereads_a_replaced_key_on_401_and_explains_oauth1(gk: Server, cred_api: CredApi) -> None:
+    cred_api.keys.update({API_KEY, API_KEY_2})
+    body: dict[str, object] = {"provider": "api_key", "api_base_url": cred_api.base_url + "/bearer",
+                               "verify_request": {"path": "/v1/balance"}}
+    with Client(gk.base_url, gk.admin_key) as vault:
+        gid = _credential_grant(vault, gk, "keys", body, {"api_key": API_KEY})
+        auth = vault.auth(gid)
+        with httpx.Client(auth=auth) as http:
+            assert http.get(cred_api.base_url + "/bearer/x").status_code == 200
+            # the user rotates the key in the vault; the old one stops working
+            assert _credential_grant(vault, gk, "keys", body, {"api_key": API_KEY_2}) == gid
+            cred_api.keys.discard(API_KEY)
+            r = http.get(cred_api.base_url + "/bearer/x")
+            assert r.status_code == 200 and [h.status_code for h in r.history] == [401]
+            assert cred_api.seen[-2].status == 401 and cred_api.seen[-1].status == 200
+            # a key that no longer works anywhere: one re-read, no retry with the same key
+            cred_api.keys.discard(API_KEY_2)
+            before = len(cred_api.seen)
+            assert http.get(cred_api.base_url + "/bearer/x").status_code == 401
+            assert len(cred_api.seen) == before + 1
+
+        # a key that may only read credentials cannot look the stamp up: it is told to pass one
+        limited = json.loads(gk.cli("api-keys", "create", "--name", "sdk", "--scope", "credentials:read", "--json").stdout)["key"]
+        cred_api.keys.add(API_KEY_2)
+        with Client(gk.base_url, limited) as narrow:
+            with httpx.Client(auth=narrow.auth(gid)) as http:
+                with pytest.raises(Exception, match="stamp="):
+                    http.get(cred_api.base_url + "/bearer/x")
+            with httpx.Client(auth=narrow.auth(gid, stamp=Stamp())) as http:
+                assert http.get(cred_api.base_url + "/bearer/x").status_code == 200
+
+        oauth1_endpoints = {name: f"{cred_api.base_url}/oauth/{name}" for name in
+                            ("request_token_url", "authorization_url", "access_token_url")}
+        vault.integrations.put("tw", provider="oauth1", client_id="consumer-key", client_secret="consumer-secret",
+                               api_base_url=cred_api.base_url, endpoints=oauth1_endpoints)
+        with httpx.Client(base_url=gk.base_url, headers={"Authorization": f"Bearer {gk.admin_key}"}) as c:
+            r = c.post("/v1/grants", json={"integration_id": "tw", "user_id": "u", "verify": False,
+                                           "credentials": {"oauth_token": "tok", "oauth_token_secret": "tok-secret"}})
+        assert r.status_code == 201, r.text
+        with httpx.Client(auth=vault.auth(r.json()["id"])) as http:
+            with pytest.raises(UnsupportedGrantKindError, match="proxy"):
+                http.get(cred_api.base_url + "/bearer/x")
+
+
+def test_auth_mints_client_credentials_tokens(gk: Server, oidc: OidcServer) -> None:
+    data = oidc.register_client_metadata(
+        [], token_endpoint_auth_method="client_secret_basic", grant_types=["client_credentials"], response_types=[]
+    )
+    with Client(gk.base_url, gk.admin_key) as vault:
+        gid = _credential_grant(vault, gk, "svc", {
+            "provider": "client_credentials", "endpoints": {"token_url": oidc.token_endpoint},
+            "scopes": ["api:read"], "api_base_url": oidc.api_base_url,
+            "client_id": data["client_id"], "client_secret": data["client_secret"],
+        }, {})
+        with httpx.Client(auth=vault.auth(gid)) as http:
+            r = http.get(oidc.api_base_url + "/whoami")
+        assert r.status_code == 200 and r.json()["account"] == f"client:{data['client_id']}"

@@ -36,6 +36,7 @@ from ._exceptions import (
     TokensAlreadyRetrievedError,
     TransportError,
     UnexpectedResponseError,
+    UnsupportedGrantKindError,
     ValidationError,
     error_from_response,
 )
@@ -54,6 +55,7 @@ from ._models import (
     Revocation,
     WebhookEndpoint,
 )
+from ._stamp import Stamp
 
 __all__ = [
     "APIError",
@@ -87,10 +89,12 @@ __all__ = [
     "ReturnToNotAllowedError",
     "Revocation",
     "ServerError",
+    "Stamp",
     "TokenExportDisabledError",
     "TokensAlreadyRetrievedError",
     "TransportError",
     "UnexpectedResponseError",
+    "UnsupportedGrantKindError",
     "ValidationError",
     "WebhookEndpoint",
     "error_from_response",

@@ -32,6 +32,7 @@ from ._retry import IDEMPOTENT_METHODS
 
 if TYPE_CHECKING:
     from ._auth import AsyncGrantAuth
+    from ._stamp import Stamp
 
 T = TypeVar("T")
 
@@ -128,12 +129,18 @@ class AsyncClient:
         """Shortcut for ``grants.token``."""
         return await self.grants.token(grant_id, min_ttl=min_ttl, force_refresh=force_refresh)
 
-    def auth(self, grant_id: str, *, min_ttl: int = 60) -> AsyncGrantAuth:
+    def auth(
+        self,
+        grant_id: str,
+        *,
+        min_ttl: int = 60,
+        stamp: Stamp | Mapping[str, Any] | None = None,
+    ) -> AsyncGrantAuth:
         """An ``httpx.Auth`` for ``httpx.AsyncClient`` that stamps the grant's
-        access token on requests; see ``Client.auth``."""
+        credential on requests, any kind; see ``Client.auth``."""
         from ._auth import AsyncGrantAuth
 
-        return AsyncGrantAuth(self, grant_id, min_ttl=min_ttl)
+        return AsyncGrantAuth(self, grant_id, min_ttl=min_ttl, stamp=stamp)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -243,7 +250,7 @@ class Integrations(_Resource):
         integration_id: str,
         *,
         provider: str,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | None = None,
         scopes: Sequence[str] | None = None,
         return_urls: Sequence[str] | None = None,

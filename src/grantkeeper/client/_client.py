@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import requests.auth
 
     from ._auth import GrantAuth
+    from ._stamp import Stamp
 
 T = TypeVar("T")
 
@@ -126,19 +127,34 @@ class Client:
         """Shortcut for ``grants.token``."""
         return self.grants.token(grant_id, min_ttl=min_ttl, force_refresh=force_refresh)
 
-    def auth(self, grant_id: str, *, min_ttl: int = 60) -> GrantAuth:
-        """An ``httpx.Auth`` that stamps the grant's access token on requests.
+    def auth(
+        self,
+        grant_id: str,
+        *,
+        min_ttl: int = 60,
+        stamp: Stamp | Mapping[str, Any] | None = None,
+    ) -> GrantAuth:
+        """An ``httpx.Auth`` that stamps the grant's credential on requests, any kind.
 
         ``httpx.Client(auth=vault.auth(grant_id))`` then talks to the provider
-        directly. Tokens are cached until within ``min_ttl`` seconds of expiry;
-        a 401 from the provider forces one refresh and one retry. Also works
-        with ``httpx.AsyncClient`` (vault calls then run in a worker thread).
+        directly. Token kinds: ``Authorization: Bearer``, cached until within
+        ``min_ttl`` seconds of expiry; a 401 from the provider forces one refresh
+        and one retry. ``api_key`` and ``basic``: the credentials as ``stamp`` says
+        (by default the integration's, looked up once). ``oauth1`` raises
+        ``UnsupportedGrantKindError`` (use ``proxy``). Also works with
+        ``httpx.AsyncClient`` (vault calls then run in a worker thread).
         """
         from ._auth import GrantAuth
 
-        return GrantAuth(self, grant_id, min_ttl=min_ttl)
+        return GrantAuth(self, grant_id, min_ttl=min_ttl, stamp=stamp)
 
-    def requests_auth(self, grant_id: str, *, min_ttl: int = 60) -> requests.auth.AuthBase:
+    def requests_auth(
+        self,
+        grant_id: str,
+        *,
+        min_ttl: int = 60,
+        stamp: Stamp | Mapping[str, Any] | None = None,
+    ) -> requests.auth.AuthBase:
         """Like ``auth`` but for the ``requests`` library (which must be installed)."""
         try:
             from ._requests_auth import GrantRequestsAuth
@@ -146,7 +162,7 @@ class Client:
             raise ImportError(
                 "Client.requests_auth() needs the 'requests' package: pip install requests"
             ) from exc
-        return GrantRequestsAuth(self.auth(grant_id, min_ttl=min_ttl))
+        return GrantRequestsAuth(self.auth(grant_id, min_ttl=min_ttl, stamp=stamp))
 
     # -- plumbing --------------------------------------------------------------
 
@@ -254,7 +270,7 @@ class Integrations(_Resource):
         integration_id: str,
         *,
         provider: str,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | None = None,
         scopes: Sequence[str] | None = None,
         return_urls: Sequence[str] | None = None,

@@ -4,6 +4,7 @@ The SDK's exception hierarchy:
 * GrantkeeperClientError
   x TransportError                       network trouble: connect, read, timeout
   x UnexpectedResponseError              the vault answered something unparseable
+  x UnsupportedGrantKindError            auth() cannot stamp this kind (oauth1: use proxy)
   x APIError                             the vault answered with an error status
     + AuthenticationError                401: missing or wrong API key
     + PermissionDeniedError              403: the key lacks a scope or integration
@@ -58,6 +59,7 @@ __all__ = [
     "TokensAlreadyRetrievedError",
     "TransportError",
     "UnexpectedResponseError",
+    "UnsupportedGrantKindError",
     "ValidationError",
     "error_from_response",
 ]
@@ -65,6 +67,11 @@ __all__ = [
 
 class GrantkeeperClientError(Exception):
     """Base class of every exception raised by ``grantkeeper.client``."""
+
+
+class UnsupportedGrantKindError(GrantkeeperClientError):
+    """``auth()`` cannot stamp this grant's kind: ``oauth1`` requests are signed with the
+    consumer secret, which never leaves the vault; call the provider through the proxy."""
 
 
 class TransportError(GrantkeeperClientError):
