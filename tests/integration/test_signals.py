@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,21 @@ def _status(gk: Server, gid: str) -> dict[str, Any]:
 
 def _audit_actions(gk: Server, gid: str) -> list[str]:
     with gk.client() as c:
-        return [e["action"] for e in c.get("/v1/audit-events", params={"grant_id": gid, "limit": 200}).json()["data"]]
+        return [
+            e["action"]
+            for e in c.get("/v1/audit-events", params={"grant_id": gid, "limit": 200}).json()[
+                "data"
+            ]
+        ]
 
 
 # ------------------------------------------------------------------- expiry warnings
 
 
 @pytest.mark.oidc
-def test_grant_expiring_sent_once_at_the_right_time(backend: str, tmp_path: Path, oidc: OidcServer) -> None:
+def test_grant_expiring_sent_once_at_the_right_time(
+    backend: str, tmp_path: Path, oidc: OidcServer
+) -> None:
     lifetime = 10 * 86_400
     oidc.token_extras(refresh_token_expires_in=lifetime)
     with running_server(backend, tmp_path, worker=False) as gk:
@@ -112,7 +120,8 @@ def test_grant_expiring_sent_once_at_the_right_time(backend: str, tmp_path: Path
                     rows = (
                         await conn.execute(
                             select(webhook_events.c.payload).where(
-                                webhook_events.c.type == "grant.expiring", webhook_events.c.grant_id == gid
+                                webhook_events.c.type == "grant.expiring",
+                                webhook_events.c.grant_id == gid,
                             )
                         )
                     ).all()
@@ -129,7 +138,9 @@ def test_grant_expiring_sent_once_at_the_right_time(backend: str, tmp_path: Path
 
 
 @pytest.mark.oidc
-def test_reconnect_with_a_new_lifetime_warns_again(backend: str, tmp_path: Path, oidc: OidcServer) -> None:
+def test_reconnect_with_a_new_lifetime_warns_again(
+    backend: str, tmp_path: Path, oidc: OidcServer
+) -> None:
     """A new consent is a new expiry: the app is told about it too."""
     oidc.token_extras(refresh_token_expires_in=3 * 86_400)
     with running_server(backend, tmp_path, worker=False) as gk:
@@ -158,39 +169,72 @@ def test_refresh_token_expiry_rules() -> None:
     now = 1_000_000.0
     # explicit lifetime, provider does not rotate: nothing but the user can extend it
     e = refresh_token_expiry(
-        cat.get("linkedin"), raw={"refresh_token_expires_in": 100}, new_refresh_token="r",
-        previous_refresh_token=None, fresh_consent=True, now=now,
+        cat.get("linkedin"),
+        raw={"refresh_token_expires_in": 100},
+        new_refresh_token="r",
+        previous_refresh_token=None,
+        fresh_consent=True,
+        now=now,
     )
     assert e is not None and e.expires_at == now + 100 and e.final
     # catalog lifetime of a provider that rotates on every refresh: a keep-alive beats it
     e = refresh_token_expiry(
-        cat.get("box"), raw={}, new_refresh_token="r2", previous_refresh_token="r1",
-        fresh_consent=False, now=now,
+        cat.get("box"),
+        raw={},
+        new_refresh_token="r2",
+        previous_refresh_token="r1",
+        fresh_consent=False,
+        now=now,
     )
     assert e is not None and not e.final and e.expires_at == now + 5_184_000
     # no new refresh token and no lifetime in the response: nothing new
-    assert refresh_token_expiry(
-        cat.get("box"), raw={}, new_refresh_token=None, previous_refresh_token="r1",
-        fresh_consent=False, now=now,
-    ) is None
+    assert (
+        refresh_token_expiry(
+            cat.get("box"),
+            raw={},
+            new_refresh_token=None,
+            previous_refresh_token="r1",
+            fresh_consent=False,
+            now=now,
+        )
+        is None
+    )
     # nonsense values are ignored
     for bad in ("x", -5, 0, True, 10**12):
-        assert refresh_token_expiry(
-            cat.get("oidc"), raw={"refresh_token_expires_in": bad}, new_refresh_token="r",
-            previous_refresh_token=None, fresh_consent=True, now=now,
-        ) is None
+        assert (
+            refresh_token_expiry(
+                cat.get("oidc"),
+                raw={"refresh_token_expires_in": bad},
+                new_refresh_token="r",
+                previous_refresh_token=None,
+                fresh_consent=True,
+                now=now,
+            )
+            is None
+        )
 
 
 # ------------------------------------------------------------------- Slack
 
 
-def _slack_post(gk: Server, body: bytes, *, ts: int | None = None, secret: str = SLACK_SECRET, env: str = "default") -> httpx.Response:
+def _slack_post(
+    gk: Server,
+    body: bytes,
+    *,
+    ts: int | None = None,
+    secret: str = SLACK_SECRET,
+    env: str = "default",
+) -> httpx.Response:
     ts = int(time.time()) if ts is None else ts
     sig = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
     return httpx.post(
         f"{gk.base_url}/provider-events/{env}/slack",
         content=body,
-        headers={"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sig, "Content-Type": "application/json"},
+        headers={
+            "X-Slack-Request-Timestamp": str(ts),
+            "X-Slack-Signature": sig,
+            "Content-Type": "application/json",
+        },
     )
 
 
@@ -215,18 +259,35 @@ def _slack_integration(gk: Server) -> None:
 def test_slack_signed_events_revoke_the_right_grants(gk: Server, webhook_sink: Any) -> None:
     _slack_integration(gk)
     with gk.client() as c:
-        c.post("/v1/webhook-endpoints", json={"url": webhook_sink.url, "events": ["grant.invalid"]}).raise_for_status()
+        c.post(
+            "/v1/webhook-endpoints", json={"url": webhook_sink.url, "events": ["grant.invalid"]}
+        ).raise_for_status()
     u1 = _import(gk, "slack", "a", "T1/U1")
     u2 = _import(gk, "slack", "b", "T1/U2")
     other_team = _import(gk, "slack", "c", "T2/U1")
 
     # the url_verification handshake answers the challenge
-    r = _slack_post(gk, json.dumps({"type": "url_verification", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "token": "x"}).encode())
-    assert r.status_code == 200 and r.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+    r = _slack_post(
+        gk,
+        json.dumps(
+            {
+                "type": "url_verification",
+                "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+                "token": "x",
+            }
+        ).encode(),
+    )
+    assert r.status_code == 200 and r.json() == {
+        "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    }
 
     event = {
-        "token": "XXYYZZ", "team_id": "T1", "api_app_id": "A1", "type": "event_callback",
-        "event_id": "Ev01", "event_time": int(time.time()),
+        "token": "XXYYZZ",
+        "team_id": "T1",
+        "api_app_id": "A1",
+        "type": "event_callback",
+        "event_id": "Ev01",
+        "event_time": int(time.time()),
         "event": {"type": "tokens_revoked", "tokens": {"oauth": ["U1"], "bot": []}},
     }
     body = json.dumps(event).encode()
@@ -252,24 +313,42 @@ def test_slack_signed_events_revoke_the_right_grants(gk: Server, webhook_sink: A
     assert _status(gk, u2)["status"] == "invalid"
     assert _status(gk, other_team)["status"] == "active"
     time.sleep(1.0)
-    assert sorted(h.json()["data"]["grant"]["id"] for h in webhook_sink.received if h.json()["type"] == "grant.invalid") == sorted([u1, u2])
+    assert sorted(
+        h.json()["data"]["grant"]["id"]
+        for h in webhook_sink.received
+        if h.json()["type"] == "grant.invalid"
+    ) == sorted([u1, u2])
 
 
 def test_slack_forged_stale_or_wrong_secret_change_nothing(gk: Server) -> None:
     _slack_integration(gk)
     gid = _import(gk, "slack", "a", "T1/U1")
-    event = {"team_id": "T1", "type": "event_callback", "event_id": "Ev9", "event": {"type": "tokens_revoked", "tokens": {"oauth": ["U1"]}}}
+    event = {
+        "team_id": "T1",
+        "type": "event_callback",
+        "event_id": "Ev9",
+        "event": {"type": "tokens_revoked", "tokens": {"oauth": ["U1"]}},
+    }
     body = json.dumps(event).encode()
     assert _slack_post(gk, body, secret="not-the-secret").status_code == 401
     assert _slack_post(gk, body, ts=int(time.time()) - 400).status_code == 401  # outside 5 minutes
     tampered = body.replace(b"U1", b"U2")
     ts = int(time.time())
-    sig = "v0=" + hmac.new(SLACK_SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    r = httpx.post(f"{gk.base_url}/provider-events/default/slack", content=tampered, headers={"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sig})
+    sig = (
+        "v0="
+        + hmac.new(SLACK_SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    )
+    r = httpx.post(
+        f"{gk.base_url}/provider-events/default/slack",
+        content=tampered,
+        headers={"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sig},
+    )
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == "provider_event_unverified"
-    assert httpx.post(f"{gk.base_url}/provider-events/default/slack", content=body).status_code == 401
+    assert (
+        httpx.post(f"{gk.base_url}/provider-events/default/slack", content=body).status_code == 401
+    )
     assert _slack_post(gk, b"{not json").status_code == 400
     assert _slack_post(gk, body, env="nope").status_code == 404
     assert _status(gk, gid)["status"] == "active"
@@ -279,17 +358,35 @@ def test_slack_forged_stale_or_wrong_secret_change_nothing(gk: Server) -> None:
 def test_unverified_notifications_are_rate_limited(gk: Server) -> None:
     _slack_integration(gk)
     body = b'{"type": "event_callback"}'
-    codes = [_slack_post(gk, body, secret="forged").status_code for _ in range(30)]
-    assert codes[:20] == [401] * 20
-    assert 429 in codes[20:]
+    # sent 8 at a time: one by one on a loaded machine, the bucket (1/s) refills as fast
+    # as the requests come, and the test saw no 429 at all
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda _: _slack_post(gk, body, secret="forged").status_code, range(60))
+        )
+    assert set(codes) <= {401, 429}
+    assert codes.count(401) >= 20, "the burst is answered 401 (unverified), not 429"
+    assert 429 in codes
     # a genuine delivery still goes through
-    assert _slack_post(gk, json.dumps({"type": "url_verification", "challenge": "c"}).encode()).status_code == 200
+    assert (
+        _slack_post(
+            gk, json.dumps({"type": "url_verification", "challenge": "c"}).encode()
+        ).status_code
+        == 200
+    )
 
 
 # ------------------------------------------------------------------- GitHub
 
 
-def _github_post(gk: Server, event: str, payload: dict[str, Any], *, secret: str = GITHUB_SECRET, delivery: str | None = None) -> httpx.Response:
+def _github_post(
+    gk: Server,
+    event: str,
+    payload: dict[str, Any],
+    *,
+    secret: str = GITHUB_SECRET,
+    delivery: str | None = None,
+) -> httpx.Response:
     body = json.dumps(payload).encode()
     sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return httpx.post(
@@ -327,7 +424,12 @@ def test_github_authorization_revoked(gk: Server) -> None:
     assert _status(gk, octocat)["failure"]["code"] == "revoked_at_provider"
     assert _status(gk, other)["status"] == "active"
     # ping and other events are accepted and change nothing
-    assert _github_post(gk, "ping", {"zen": "Keep it logically awesome.", "hook_id": 1}).json()["revoked"] == 0
+    assert (
+        _github_post(gk, "ping", {"zen": "Keep it logically awesome.", "hook_id": 1}).json()[
+            "revoked"
+        ]
+        == 0
+    )
     # the user connects again; a replay of the old notice (under a fresh delivery id, which
     # GitHub does not sign) must not kill the new grant
     again = _import(gk, "gh", "a", "583231")
@@ -343,8 +445,12 @@ class LocalIssuer:
     """A loopback OpenID issuer that publishes discovery and a JWKS with the test's keys."""
 
     def __init__(self) -> None:
-        self.rsa = RSAKey.generate_key(2048, parameters={"kid": "k-rsa", "use": "sig", "alg": "RS256"})
-        self.ec = ECKey.generate_key("P-256", parameters={"kid": "k-ec", "use": "sig", "alg": "ES256"})
+        self.rsa = RSAKey.generate_key(
+            2048, parameters={"kid": "k-rsa", "use": "sig", "alg": "RS256"}
+        )
+        self.ec = ECKey.generate_key(
+            "P-256", parameters={"kid": "k-ec", "use": "sig", "alg": "ES256"}
+        )
         issuer_ref = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -360,7 +466,12 @@ class LocalIssuer:
                         "id_token_signing_alg_values_supported": ["RS256"],
                     }
                 elif self.path == "/jwks":
-                    doc = {"keys": [issuer_ref.rsa.as_dict(private=False), issuer_ref.ec.as_dict(private=False)]}
+                    doc = {
+                        "keys": [
+                            issuer_ref.rsa.as_dict(private=False),
+                            issuer_ref.ec.as_dict(private=False),
+                        ]
+                    }
                 else:
                     self.send_response(404)
                     self.end_headers()
@@ -379,9 +490,15 @@ class LocalIssuer:
         self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def set_token(self, claims: dict[str, Any], *, key: str = "rsa", alg: str | None = None) -> bytes:
+    def set_token(
+        self, claims: dict[str, Any], *, key: str = "rsa", alg: str | None = None
+    ) -> bytes:
         k = self.rsa if key == "rsa" else self.ec
-        header = {"alg": alg or ("RS256" if key == "rsa" else "ES256"), "kid": k.kid, "typ": "secevent+jwt"}
+        header = {
+            "alg": alg or ("RS256" if key == "rsa" else "ES256"),
+            "kid": k.kid,
+            "typ": "secevent+jwt",
+        }
         return jwt.encode(header, claims, k).encode()
 
     def close(self) -> None:
@@ -396,13 +513,20 @@ def issuer() -> Iterator[LocalIssuer]:
     i.close()
 
 
-def _set_claims(issuer: LocalIssuer, sub: str, *, event: str = RISC + "tokens-revoked", **over: Any) -> dict[str, Any]:
+def _set_claims(
+    issuer: LocalIssuer, sub: str, *, event: str = RISC + "tokens-revoked", **over: Any
+) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "iss": issuer.issuer,
         "aud": "client-123",
         "iat": int(time.time()),
         "jti": uuid.uuid4().hex,
-        "events": {event: {"subject": {"subject_type": "iss_sub", "iss": issuer.issuer, "sub": sub}, "reason": "revoked"}},
+        "events": {
+            event: {
+                "subject": {"subject_type": "iss_sub", "iss": issuer.issuer, "sub": sub},
+                "reason": "revoked",
+            }
+        },
     }
     claims.update(over)
     return claims
@@ -435,14 +559,18 @@ def test_security_event_tokens(gk: Server, issuer: LocalIssuer) -> None:
 
     refused = [
         issuer.set_token(_set_claims(issuer, "sub-alice", aud="someone-else")),  # wrong audience
-        issuer.set_token(_set_claims(issuer, "sub-alice", iss="https://evil.example")),  # wrong issuer
+        issuer.set_token(
+            _set_claims(issuer, "sub-alice", iss="https://evil.example")
+        ),  # wrong issuer
         issuer.set_token(_set_claims(issuer, "sub-alice", iat=int(time.time()) - 600)),  # stale
     ]
     for token in refused:
         assert _set_post(gk, token).status_code == 401
     # signed by a key that is not in the issuer's JWKS
     stranger = RSAKey.generate_key(2048, parameters={"kid": "k-rsa"})
-    forged = jwt.encode({"alg": "RS256", "kid": "k-rsa"}, _set_claims(issuer, "sub-alice"), stranger).encode()
+    forged = jwt.encode(
+        {"alg": "RS256", "kid": "k-rsa"}, _set_claims(issuer, "sub-alice"), stranger
+    ).encode()
     assert _set_post(gk, forged).status_code == 401
     # alg none
     assert _set_post(gk, _none_token(_set_claims(issuer, "sub-alice"))).status_code == 401
@@ -459,8 +587,14 @@ def test_security_event_tokens(gk: Server, issuer: LocalIssuer) -> None:
     # the same jti again is refused
     assert _set_post(gk, token).status_code == 401
     # CAEP session revoked with the subject at the top level (sub_id), signed with ES256
-    caep = _set_claims(issuer, "x", event="https://schemas.openid.net/secevent/caep/event-type/session-revoked")
-    caep["events"] = {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {"event_timestamp": int(time.time())}}
+    caep = _set_claims(
+        issuer, "x", event="https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+    )
+    caep["events"] = {
+        "https://schemas.openid.net/secevent/caep/event-type/session-revoked": {
+            "event_timestamp": int(time.time())
+        }
+    }
     caep["sub_id"] = {"format": "iss_sub", "iss": issuer.issuer, "sub": "sub-bob"}
     assert _set_post(gk, issuer.set_token(caep, key="ec")).status_code == 202
     assert _status(gk, bob)["status"] == "invalid"
@@ -484,7 +618,9 @@ def _none_token(claims: dict[str, Any]) -> bytes:
 
 
 @pytest.mark.oidc
-def test_probe_marks_a_grant_revoked_at_the_provider(backend: str, tmp_path: Path, oidc: OidcServer) -> None:
+def test_probe_marks_a_grant_revoked_at_the_provider(
+    backend: str, tmp_path: Path, oidc: OidcServer
+) -> None:
     oidc.set_ttl(AccessToken=3600)
     with running_server(backend, tmp_path, worker=False) as gk:
         setup_oidc_integration(gk, oidc, health_probe_interval=300)

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from joserfc import jws, jwt
-from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import KeySet
+from joserfc import jws
+from joserfc.errors import JoseError
 
 from grantkeeper.access import endusertokens
 from grantkeeper.access.jwks import JwksCache
 from grantkeeper.apikeys import Principal
 from grantkeeper.errors import InvalidSubjectToken
+from grantkeeper.oauth.jwsverify import JwsFailure, verify_jwt
 from grantkeeper.runtime import Runtime, new_jwks_cache
 from grantkeeper.store import access as store
 from grantkeeper.store.access import SubjectIssuerRecord
@@ -133,6 +132,7 @@ async def _jwt(rt: Runtime, raw: str, environment_id: str | None) -> Subject:
         unverified = orjson.loads(compact.payload)
     except (JoseError, ValueError, UnicodeEncodeError, orjson.JSONDecodeError):
         raise _fail("malformed JWT") from None
+    # refused before any database or JWKS work (verify_jwt checks the header again)
     alg = header.get("alg")
     if alg not in ALLOWED_ALGS:
         raise _fail(f"algorithm {str(alg)[:20]!r} not allowed")
@@ -152,30 +152,17 @@ async def _jwt(rt: Runtime, raw: str, environment_id: str | None) -> Subject:
         raise _fail("untrusted issuer or audience")
     issuer = candidates[0]
     kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise _fail("kid is not a string")
-    doc = await _jwks(rt).get(issuer.jwks_uri, kid=kid)
-    keys = [k for k in doc.get("keys", []) if isinstance(k, dict)]
-    if kid is not None:
-        keys = [k for k in keys if k.get("kid") == kid]
-    # a key that declares its algorithm is used with that algorithm only (RFC 8725 3.1)
-    keys = [k for k in keys if k.get("alg") in (None, alg) and k.get("use") in (None, "sig")]
-    if not keys:
-        raise _fail("no matching key")
-    token = None
-    for key in keys:
-        try:
-            with warnings.catch_warnings():
-                # joserfc flags "EdDSA" as superseded by RFC 9864's fully specified names;
-                # the contract names it, so it stays allowed (Ed25519 keys only, via the JWK)
-                warnings.simplefilter("ignore", SecurityWarning)
-                token = jwt.decode(raw, KeySet.import_key_set({"keys": [key]}), algorithms=[alg])
-            break
-        except (JoseError, ValueError, TypeError):
-            continue
-    if token is None:
-        raise _fail("signature does not verify")
-    return _checked_claims(rt, dict(token.claims), issuer)
+    cache = _jwks(rt)
+
+    async def keys(_force: bool) -> dict[str, Any]:
+        # the cache refetches once on its own when ``kid`` is unknown (rate-limited)
+        return await cache.get(issuer.jwks_uri, kid=kid if isinstance(kid, str) else None)
+
+    try:
+        claims = await verify_jwt(raw, keys, algorithms=ALLOWED_ALGS, refetch=False)
+    except JwsFailure as exc:
+        raise _fail(exc.reason) from None
+    return _checked_claims(rt, claims, issuer)
 
 
 def _num(v: Any) -> float | None:

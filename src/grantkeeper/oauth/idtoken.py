@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-
 from grantkeeper.errors import InvalidIdToken
+from grantkeeper.oauth.jwsverify import JwsFailure, verify_jwt
 
 __all__ = ["ALLOWED_ALGS", "validate_id_token"]
 
@@ -40,23 +37,13 @@ async def validate_id_token(
 ) -> dict[str, Any]:
     """Return the verified claims or raise ``InvalidIdToken`` (the reason is kept vague on purpose)."""
     try:
-        header = jws.extract_compact(id_token.encode()).headers()  # structure only; verified below
-    except (JoseError, ValueError):
-        raise InvalidIdToken("malformed ID token") from None
-    alg = header.get("alg")
-    if alg not in ALLOWED_ALGS:
-        raise InvalidIdToken("ID token signed with a disallowed algorithm")
-    token = None
-    for force in (False, True):  # refetch the JWKS once: the provider may have rotated keys
-        try:
-            keys = KeySet.import_key_set(await jwks(force))  # type: ignore[arg-type]
-            token = jwt.decode(id_token, keys, algorithms=[alg])
-            break
-        except (JoseError, ValueError):
-            continue
-    if token is None:
-        raise InvalidIdToken("ID token signature does not verify")
-    claims = dict(token.claims)
+        claims = await verify_jwt(id_token, jwks, algorithms=ALLOWED_ALGS)
+    except JwsFailure as exc:
+        if exc.malformed:
+            raise InvalidIdToken("malformed ID token") from None
+        if exc.algorithm:
+            raise InvalidIdToken("ID token signed with a disallowed algorithm") from None
+        raise InvalidIdToken("ID token signature does not verify") from None
     if claims.get("iss") not in issuers:
         raise InvalidIdToken("ID token issuer mismatch")
     aud = claims.get("aud")

@@ -26,12 +26,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-
 from grantkeeper.errors import SignalMalformed, SignalRejected
 from grantkeeper.oauth.idtoken import ALLOWED_ALGS
+from grantkeeper.oauth.jwsverify import JwsFailure, verify_jwt
 
 __all__ = [
     "REVOKING_SET_EVENTS",
@@ -219,23 +216,16 @@ async def verify_set(
     """A Security Event Token (RFC 8417), checked as the contract says."""
     try:
         text = token.decode("ascii").strip()
-        header = jws.extract_compact(text.encode()).headers()
-    except (JoseError, ValueError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         raise SignalMalformed("not a compact JWS") from None
-    alg = header.get("alg")
-    if alg not in ALLOWED_ALGS:
-        raise SignalRejected("the token is signed with a disallowed algorithm")
-    decoded = None
-    for force in (False, True):  # one refetch: the issuer may have rotated its keys
-        try:
-            keys = KeySet.import_key_set(await jwks(force))  # type: ignore[arg-type]
-            decoded = jwt.decode(text, keys, algorithms=[alg])
-            break
-        except (JoseError, ValueError):
-            continue
-    if decoded is None:
-        raise SignalRejected("the token's signature does not verify")
-    claims = dict(decoded.claims)
+    try:
+        claims = await verify_jwt(text, jwks, algorithms=ALLOWED_ALGS)
+    except JwsFailure as exc:
+        if exc.malformed:
+            raise SignalMalformed("not a compact JWS") from None
+        if exc.algorithm:
+            raise SignalRejected("the token is signed with a disallowed algorithm") from None
+        raise SignalRejected("the token's signature does not verify") from None
     if claims.get("iss") not in issuers:
         raise SignalRejected("the token's issuer is not the integration's")
     aud = claims.get("aud")
