@@ -773,9 +773,7 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                 # per core second of worker CPU (the worker is one process on one core)
                 "refreshes_per_worker_cpu_s": round((n - left) / max(sum(cpu), 0.001)),
                 # lag behind the due time (all were due at t_seed - 1): median, p99, max
-                "lag_s": [
-                    round((v[k] or due) - due, 1) for k in ("mid", "p99", "last")
-                ],
+                "lag_s": [round((v[k] or due) - due, 1) for k in ("mid", "p99", "last")],
                 "loadavg_before_after": [round(load0[0], 1), round(load1[0], 1)],
                 "upstream_calls": st["calls"],
                 "double_refreshes": st["duplicates"] + v["refreshed_more"],

@@ -125,7 +125,13 @@ def render(r: dict[str, Any]) -> str:
             f"| 2 | token read, 10,000 vs {sbig.get('grants', 0):,} grants, 64 connections | "
             f"`./bench/run --only scale` | 10k: {s10['rps']:,} req/s {s10['runs']} p99 {s10['p99_ms']} ms; "
             f"{sbig.get('grants', 0):,}: {sbig['rps']:,} req/s {sbig['runs']} p99 {sbig['p99_ms']} ms: "
-            f"**{100 * diff:.1f}%** apart | within 10%: {_ok(diff <= 0.10)} |"
+            f"**{100 * diff:.1f}%** apart"
+            + (
+                f" (load average {s10['loadavg'][0]} vs {sbig['loadavg'][0]}: see the notes)"
+                if s10.get("loadavg") and sbig.get("loadavg")
+                else ""
+            )
+            + f" | within 10%: {_ok(diff <= 0.10)} |"
         )
     st = r.get("storm")
     if st:
