@@ -9,13 +9,9 @@ import time
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.contract.test_store_contract import (  # noqa: F401 - fixtures
+from tests.contract.test_store_contract import (
     NOW,
     add_grant,
-    anyio_backend,
-    database,
-    engine,
-    envs,
 )
 
 from grantkeeper.refresh import lease, slots

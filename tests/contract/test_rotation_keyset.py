@@ -9,12 +9,8 @@ import pytest
 from sqlalchemy import Column, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.contract.test_store_contract import (  # noqa: F401 - fixtures
+from tests.contract.test_store_contract import (
     add_grant,
-    anyio_backend,
-    database,
-    engine,
-    envs,
 )
 
 from grantkeeper import rotation

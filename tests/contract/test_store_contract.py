@@ -10,58 +10,21 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from tests.support.gk import Database, master_key, new_database
 
-from grantkeeper.config import Settings
 from grantkeeper.refresh import lease
 from grantkeeper.store import audit, connect, environments, grants, integrations, keys, webhooks
 from grantkeeper.store import tables as t
-from grantkeeper.store.db import create_engine, reading
-from grantkeeper.store.migrate import upgrade
+from grantkeeper.store.db import reading
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def database(backend: str, tmp_path: Path) -> Iterator[Database]:
-    db = new_database(backend, tmp_path)
-    upgrade(db.url)
-    try:
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture
-async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(Settings(database_url=database.url, master_keys=master_key(), db_pool_size=8))  # type: ignore[arg-type]
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-
-
-@pytest.fixture
-async def envs(engine: AsyncEngine) -> tuple[str, str]:
-    async with engine.begin() as conn:
-        a = await environments.create(conn, "default", NOW)
-        b = await environments.create(conn, "staging", NOW + 1)
-    return a, b
 
 
 # ------------------------------------------------------------------ helpers
@@ -142,7 +105,11 @@ async def add_grant(engine: AsyncEngine, env: str, **over: Any) -> str:
     return str(values["id"])
 
 
+_endpoint_seq = iter(range(1_000_000))
+
+
 async def add_endpoint(conn: AsyncConnection, env: str, events: list[str]) -> str:
+    """An endpoint created a second after the previous one (listing is in creation order)."""
     eid = str(uuid.uuid4())
     await webhooks.insert_endpoint(
         conn,
@@ -152,7 +119,7 @@ async def add_endpoint(conn: AsyncConnection, env: str, events: list[str]) -> st
             "url": "https://hooks.example.com/x",
             "events": events,
             "secret_ct": b"\x01whsec",
-            "created_at": NOW,
+            "created_at": NOW + next(_endpoint_seq),
         },
     )
     return eid

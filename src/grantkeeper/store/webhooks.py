@@ -53,7 +53,9 @@ async def list_endpoints(
             webhook_endpoints.c.environment_id == environment_id,
             webhook_endpoints.c.deleted_at.is_(None),
         )
-        .order_by(webhook_endpoints.c.created_at)
+        # id breaks ties: with the (environment_id, id) index the scan order is no longer
+        # insertion order, and a list must not reshuffle between two calls
+        .order_by(webhook_endpoints.c.created_at, webhook_endpoints.c.id)
     )
     rows = [dict(m) for m in r.mappings().all()]
     if visible_to is not None:
