@@ -55,7 +55,7 @@ from grantkeeper.web.ui_session import CookiePolicy, SessionToken, UiKeys, cooki
 from grantkeeper.web.ui_stats import SERIES, grant_counts, refresh_chart
 from grantkeeper.webhooks.endpoints import create_endpoint, delete_endpoint
 
-__all__ = ["UiPrincipal", "router"]
+__all__ = ["KINDS", "UiPrincipal", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -471,20 +471,36 @@ def _pairs(text: str, what: str) -> dict[str, str]:
 
 
 def _integration_values(form: FormData) -> dict[str, str]:
-    """What the form re-displays after an error: everything except the client secret."""
-    names = (
-        "id", "provider", "display_name", "client_id", "scopes", "return_urls", "issuer",
-        "api_base_url", "authorization_params", "settings", "authorization_url", "token_url",
-        "revocation_url", "userinfo_url", "token_endpoint_auth_method", "token_export",
-    )  # fmt: skip
-    values = {n: _text(form, n, 20_000) for n in names}
+    """What the form re-displays after an error: everything except the write-only secrets."""
+    values = {n: _text(form, n, 20_000) for n in _TEXT_FIELDS}
     values["connect_page"] = "1" if form.get("connect_page") else ""
     values["client_access"] = "1" if form.get("client_access") else ""
     return values
 
 
+#: the form's text controls (a kind shows some of them; see ``_integration_input``)
+_TEXT_FIELDS = (
+    "id", "kind", "provider", "display_name", "client_id", "scopes", "return_urls", "issuer",
+    "api_base_url", "server_url", "authorization_params", "token_params", "settings",
+    "authorization_url", "token_url", "revocation_url", "userinfo_url", "request_token_url",
+    "access_token_url", "token_endpoint_auth_method", "token_export", "stamp_in", "stamp_name",
+    "stamp_template", "verify_method", "verify_path", "verify_status", "app_id",
+)  # fmt: skip
+_ENDPOINT_FIELDS = (
+    "authorization_url", "token_url", "revocation_url", "userinfo_url", "request_token_url",
+    "access_token_url", "token_endpoint_auth_method",
+)  # fmt: skip
+
+
+def _kv(pairs: Mapping[str, str] | None) -> str:
+    return "\n".join(f"{k}={v}" for k, v in (pairs or {}).items())
+
+
 def _record_values(rec: IntegrationRecord) -> dict[str, str]:
     ep = rec.endpoints or {}
+    stamp = rec.stamp or {}
+    verify = rec.verify_request or {}
+    mcp = rec.mcp or {}
     return {
         "id": rec.id,
         "provider": rec.provider,
@@ -494,16 +510,44 @@ def _record_values(rec: IntegrationRecord) -> dict[str, str]:
         "return_urls": "\n".join(rec.return_urls),
         "issuer": rec.issuer or "",
         "api_base_url": rec.api_base_url or "",
-        "authorization_params": "\n".join(f"{k}={v}" for k, v in rec.authorization_params.items()),
-        "settings": "\n".join(f"{k}={v}" for k, v in rec.settings.items()),
-        "authorization_url": ep.get("authorization_url", ""),
-        "token_url": ep.get("token_url", ""),
-        "revocation_url": ep.get("revocation_url", ""),
-        "userinfo_url": ep.get("userinfo_url", ""),
-        "token_endpoint_auth_method": ep.get("token_endpoint_auth_method", ""),
+        "server_url": str(mcp.get("server_url") or ""),
+        "authorization_params": _kv(rec.authorization_params),
+        "token_params": _kv(rec.token_params),
+        "settings": _kv(rec.settings),
+        **{f: ep.get(f, "") for f in _ENDPOINT_FIELDS},
         "token_export": rec.token_export,
         "connect_page": "1" if rec.connect_page else "",
         "client_access": "1" if rec.client_access else "",
+        "stamp_in": str(stamp.get("in", "")),
+        "stamp_name": str(stamp.get("name", "")) if stamp else "",
+        "stamp_template": str(stamp.get("template") or ""),
+        "verify_method": str(verify.get("method", "GET")),
+        "verify_path": str(verify.get("path", "")),
+        "verify_status": str(verify.get("expect_status", "")) if verify else "",
+        "app_id": rec.app_id or "",
+    }
+
+
+def _record_body(rec: IntegrationRecord) -> dict[str, Any]:
+    """The API body that stands for a stored integration (secrets omitted: kept on save)."""
+    return {
+        "display_name": rec.display_name,
+        "client_id": rec.client_id or None,
+        "scopes": list(rec.scopes),
+        "return_urls": list(rec.return_urls),
+        "issuer": rec.issuer,
+        "api_base_url": rec.api_base_url,
+        "server_url": (rec.mcp or {}).get("server_url"),
+        "authorization_params": dict(rec.authorization_params),
+        "token_params": dict(rec.token_params or {}),
+        "settings": dict(rec.settings),
+        "endpoints": dict(rec.endpoints or {}),
+        "token_export": rec.token_export,
+        "connect_page": rec.connect_page,
+        "client_access": rec.client_access,
+        "stamp": rec.stamp,
+        "verify_request": rec.verify_request,
+        "app_id": rec.app_id,
     }
 
 
@@ -526,15 +570,36 @@ _FIELD_LABELS = {
     "return_urls": "Return URLs",
     "issuer": "Issuer",
     "api_base_url": "API base URL",
+    "server_url": "MCP server URL",
     "authorization_url": "Authorization URL",
     "token_url": "Token URL",
     "revocation_url": "Revocation URL",
     "userinfo_url": "Userinfo URL",
+    "request_token_url": "Request token URL",
+    "access_token_url": "Access token URL",
     "token_endpoint_auth_method": "Token endpoint authentication",
     "authorization_params": "Extra authorization parameters",
+    "token_params": "Token request parameters",
     "settings": "Provider settings",
     "token_export": "Token export",
     "client_access": "Client access",
+    "stamp_in": "Credential placement",
+    "stamp_name": "Header or parameter name",
+    "stamp_template": "Value template",
+    "verify_method": "Verification method",
+    "verify_path": "Verification path",
+    "verify_status": "Expected status",
+    "app_id": "App id",
+    "private_key": "Private key",
+}
+#: an API body location -> the form field that shows it
+_LOC_FIELDS = {
+    ("stamp", "in"): "stamp_in",
+    ("stamp", "name"): "stamp_name",
+    ("stamp", "template"): "stamp_template",
+    ("verify_request", "method"): "verify_method",
+    ("verify_request", "path"): "verify_path",
+    ("verify_request", "expect_status"): "verify_status",
 }
 
 
@@ -544,7 +609,9 @@ def _collect(errors: dict[str, list[str]], exc: ValidationError) -> None:
         loc = [str(p) for p in e.get("loc", ()) if not isinstance(p, int)]
         if loc[:1] == ["endpoints"]:
             loc = loc[1:]
-        field = loc[0] if loc and loc[0] in _FIELD_LABELS else "form"
+        field = _LOC_FIELDS.get((loc[0], loc[1])) if len(loc) > 1 else None
+        if field is None:
+            field = loc[0] if loc and loc[0] in _FIELD_LABELS else "form"
         too_short = (
             e.get("type") in ("string_too_short", "too_short")
             and (e.get("ctx") or {}).get("min_length") == 1
@@ -557,66 +624,108 @@ def _collect(errors: dict[str, list[str]], exc: ValidationError) -> None:
             errors[field] = [message[:300]]
 
 
-def _integration_input(form: FormData, *, allow_private: bool) -> IntegrationInput:
-    """The API body the form stands for, or ``_FormInvalid`` with every problem at once."""
+def _integration_input(
+    form: FormData, *, allow_private: bool, existing: IntegrationRecord | None = None
+) -> IntegrationInput:
+    """The API body the form stands for, or ``_FormInvalid`` with every problem at once.
+
+    A kind's form shows some settings only: whatever the submitted form does not carry
+    keeps the stored value (an edit never drops what the form could not show).
+    """
     v = _integration_values(form)
+    shown = set(form.keys())
     errors: dict[str, list[str]] = {}
     if not v["provider"]:
         errors["provider"] = ["choose a provider"]
+    base: dict[str, Any] = {}
+    if existing is not None and existing.provider == v["provider"]:
+        base = _record_body(existing)
+    body: dict[str, Any] = {"provider": v["provider"]}
+    if existing is not None:
+        # not on the form at all: never dropped by a save
+        body["health_probe_interval"] = existing.health_probe_interval
+
+    def take(name: str, value: Any) -> None:
+        if name in shown:
+            body[name] = value
+        elif name in base:
+            body[name] = base[name]
+
     for url in _lines(v["return_urls"]):
         try:
             validate_return_url(url, allow_private=allow_private)
         except InvalidInput as exc:
             errors["return_urls"] = [exc.detail]
             break
-    pairs: dict[str, dict[str, str]] = {}
     for name, what in (
         ("authorization_params", "Authorization parameters"),
+        ("token_params", "Token request parameters"),
         ("settings", "Provider settings"),
     ):
         try:
-            pairs[name] = _pairs(v[name], what)
+            take(name, _pairs(v[name], what))
         except InvalidInput:
             errors[name] = ["write one name=value per line"]
-            pairs[name] = {}
-    endpoint_fields = ("authorization_url", "token_url", "revocation_url", "userinfo_url")
-    endpoints = None
-    if any(v[f] for f in endpoint_fields) or v["token_endpoint_auth_method"]:
+    take("display_name", v["display_name"] or None)
+    take("client_id", v["client_id"] or None)
+    take("scopes", [s for s in re.split(r"[\s,]+", v["scopes"]) if s])
+    take("return_urls", _lines(v["return_urls"]))
+    take("issuer", v["issuer"] or None)
+    take("api_base_url", v["api_base_url"] or None)
+    take("server_url", v["server_url"] or None)
+    take("token_export", v["token_export"] or "never")
+    take("app_id", v["app_id"] or None)
+    if "has_checks" in shown or not base:
+        body["connect_page"] = bool(v["connect_page"])
+        body["client_access"] = bool(v["client_access"])
+    else:
+        body["connect_page"], body["client_access"] = base["connect_page"], base["client_access"]
+    endpoints = {
+        k: val for k, val in (base.get("endpoints") or {}).items() if k not in shown and val
+    }
+    endpoints.update({f: v[f] for f in _ENDPOINT_FIELDS if f in shown and v[f]})
+    body["endpoints"] = None
+    if endpoints:
         try:
-            endpoints = EndpointsInput.model_validate(
-                {
-                    **{f: v[f] or None for f in endpoint_fields},
-                    "token_endpoint_auth_method": v["token_endpoint_auth_method"] or None,
-                }
-            )
+            body["endpoints"] = EndpointsInput.model_validate(endpoints)
         except ValidationError as exc:
             _collect(errors, exc)
-    secret = form.get("client_secret")
-    try:
-        body = IntegrationInput.model_validate(
+    if "stamp_in" in shown:
+        body["stamp"] = (
             {
-                "provider": v["provider"],
-                "display_name": v["display_name"] or None,
-                "client_id": v["client_id"],
-                # write-only: an empty field keeps the stored secret
-                "client_secret": secret if isinstance(secret, str) and secret else None,
-                "scopes": [s for s in re.split(r"[\s,]+", v["scopes"]) if s],
-                "return_urls": _lines(v["return_urls"]),
-                "issuer": v["issuer"] or None,
-                "api_base_url": v["api_base_url"] or None,
-                "authorization_params": pairs["authorization_params"],
-                "settings": pairs["settings"],
-                "endpoints": endpoints,
-                "token_export": v["token_export"] or "never",
-                "connect_page": bool(v["connect_page"]),
-                "client_access": bool(v["client_access"]),
+                "in": v["stamp_in"],
+                **({"name": v["stamp_name"]} if v["stamp_name"] else {}),
+                "template": v["stamp_template"] or None,
             }
+            if v["stamp_in"]
+            else None
         )
+    elif "stamp" in base:
+        body["stamp"] = base["stamp"]
+    if "verify_path" in shown:
+        body["verify_request"] = (
+            {
+                "method": v["verify_method"] or "GET",
+                "path": v["verify_path"],
+                "expect_status": v["verify_status"] or 200,
+            }
+            if v["verify_path"]
+            else None
+        )
+    elif "verify_request" in base:
+        body["verify_request"] = base["verify_request"]
+    # write-only: an empty field keeps the stored secret
+    for name in ("client_secret", "private_key"):
+        secret = form.get(name)
+        if isinstance(secret, str) and secret.strip():
+            body[name] = secret.strip() if name == "private_key" else secret
+    try:
+        parsed = IntegrationInput.model_validate(body)
     except ValidationError as exc:
         _collect(errors, exc)
     if errors:
         raise _FormInvalid(errors)
-    return body
+    return parsed
 
 
 def _validation_messages(exc: ValidationError) -> list[str]:
@@ -640,6 +749,27 @@ def _summary(errors: dict[str, list[str]]) -> list[str]:
     ]
 
 
+#: the form's kinds: (key, label, catalog auth modes)
+KINDS = (
+    ("code", "OAuth 2.0 / OpenID Connect", ("oauth2", "oidc")),
+    ("api_key", "API key", ("api_key",)),
+    ("basic", "Basic auth", ("basic",)),
+    ("client_credentials", "Client credentials", ("client_credentials",)),
+    ("jwt_bearer", "JWT bearer", ("jwt_bearer",)),
+    ("github_app", "GitHub App", ("github_app",)),
+    ("oauth1", "OAuth 1.0a", ("oauth1",)),
+    ("mcp", "MCP server", ("mcp",)),
+)
+_KIND_OF_MODE = {mode: key for key, _, modes in KINDS for mode in modes}
+
+
+def _kind(rt: Runtime, provider: str, fallback: str = "") -> str:
+    """The form's kind for a provider (its catalog auth mode), else ``fallback`` or code."""
+    if provider and provider in rt.catalog:
+        return _KIND_OF_MODE.get(rt.catalog.get(provider).auth_mode, "code")
+    return fallback if fallback in _KIND_OF_MODE.values() else "code"
+
+
 def _integration_form(
     ui: Ui,
     *,
@@ -647,20 +777,29 @@ def _integration_form(
     values: dict[str, str],
     secret_set: bool,
     errors: dict[str, list[str]],
+    key_set: bool = False,
     status: int = 200,
 ) -> Response:
+    kind = _kind(ui.rt, values.get("provider", ""), values.get("kind", ""))
+    modes = next(m for k, _, m in KINDS if k == kind)
     providers = sorted(
-        (s for s in ui.rt.catalog.all() if s.auth_mode in ("oauth2", "oidc")),
+        (s for s in ui.rt.catalog.all() if s.auth_mode in modes),
         key=lambda s: s.display_name.casefold(),
     )
+    chosen = values.get("provider", "")
+    spec = ui.rt.catalog.get(chosen) if chosen and chosen in ui.rt.catalog else None
     return _page(
         ui,
         "admin/integration_form.html",
         "integrations",
         status=status,
         creating=creating,
-        v=values,
+        v={**values, "kind": kind},
+        kind=kind,
+        kinds=KINDS,
+        spec=spec,
         secret_set=secret_set,
+        key_set=key_set,
         errors=_summary(errors),
         field_errors=errors,
         generic_providers=[s for s in providers if s.is_generic],
@@ -690,8 +829,10 @@ async def integrations_page(request: Request) -> Response:
 @router.get("/integrations/new")
 async def new_integration_page(request: Request) -> Response:
     ui = await _signed_in(request)
-    # no provider preselected: the admin picks one (its default scopes are filled in then)
-    values = {"provider": "", "token_export": "never"}
+    # no provider preselected: the admin picks one (its default scopes are filled in then);
+    # ?kind= narrows the list to one credential kind and shows that kind's fields
+    kind = request.query_params.get("kind", "")
+    values = {"provider": "", "token_export": "never", "kind": kind}
     return _integration_form(ui, creating=True, values=values, secret_set=False, errors={})
 
 
@@ -724,6 +865,7 @@ async def edit_integration_page(request: Request, integration_id: str) -> Respon
         creating=False,
         values=_record_values(rec),
         secret_set=rec.client_secret_ct is not None,
+        key_set=rec.private_key_ct is not None,
         errors={},
     )
 
@@ -751,21 +893,27 @@ async def _save_integration(
     values["id"] = integration_id
     secret_set = False
     errors: dict[str, list[str]] = dict(id_errors or {})
+    existing: IntegrationRecord | None = None
     try:
-        try:
-            body = _integration_input(form, allow_private=ui.rt.settings.allow_private_networks)
-        except _FormInvalid as exc:
-            errors.update(exc.errors)
-        if errors:
-            raise _FormInvalid(errors)  # every problem at once, the id's included
         p.require_integration(integration_id)
         async with ui.rt.engine.begin() as conn:
-            existing = await integ_store.get(conn, p.environment_id, integration_id)
+            if not id_errors:
+                existing = await integ_store.get(conn, p.environment_id, integration_id)
             secret_set = existing is not None and existing.client_secret_ct is not None
-            if creating and existing is not None:
-                raise InvalidInput(f"an integration with the id {integration_id!r} already exists")
             if not creating and existing is None:
                 raise NotFound("no such integration")
+            try:
+                body = _integration_input(
+                    form,
+                    allow_private=ui.rt.settings.allow_private_networks,
+                    existing=None if creating else existing,
+                )
+            except _FormInvalid as exc:
+                errors.update(exc.errors)
+            if errors:
+                raise _FormInvalid(errors)  # every problem at once, the id's included
+            if creating and existing is not None:
+                raise InvalidInput(f"an integration with the id {integration_id!r} already exists")
             _rec, created = await put_integration(
                 conn, ui.rt, p.environment_id, integration_id, body
             )
@@ -793,7 +941,13 @@ async def _save_integration(
         notice = "integration-created" if created else "integration-updated"
         return _redirect(f"/ui/integrations?{urlencode({'notice': notice})}")
     return _integration_form(
-        ui, creating=creating, values=values, secret_set=secret_set, errors=errors, status=422
+        ui,
+        creating=creating,
+        values=values,
+        secret_set=secret_set,
+        key_set=existing is not None and existing.private_key_ct is not None,
+        errors=errors,
+        status=422,
     )
 
 
