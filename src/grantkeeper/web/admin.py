@@ -38,6 +38,7 @@ from grantkeeper.inputs import (
     IntegrationInput,
 )
 from grantkeeper.integrations import put_integration
+from grantkeeper.kinds.config import open_credentials
 from grantkeeper.returnurls import validate_return_url
 from grantkeeper.revocation import delete_grant
 from grantkeeper.runtime import Runtime
@@ -49,7 +50,7 @@ from grantkeeper.store import keys as key_store
 from grantkeeper.store import ui_sign_outs as sign_outs
 from grantkeeper.store import webhooks as webhook_store
 from grantkeeper.store.db import reading
-from grantkeeper.store.records import IntegrationRecord
+from grantkeeper.store.records import GrantRecord, IntegrationRecord
 from grantkeeper.web.pages import PAGE_HEADERS, Templates
 from grantkeeper.web.ui_session import CookiePolicy, SessionToken, UiKeys, cookie_policy
 from grantkeeper.web.ui_stats import SERIES, grant_counts, refresh_chart
@@ -1004,7 +1005,7 @@ async def grants_page(request: Request) -> Response:
         ui,
         "admin/grants.html",
         "grants",
-        grants=[grant_view(r) for r in rows],
+        grants=[{**grant_view(r), "kind": _grant_kind(ui.rt, r.provider)} for r in rows],
         integrations=[i.id for i in integrations],
         statuses=GRANT_STATUSES,
         f=filters,
@@ -1014,6 +1015,23 @@ async def grants_page(request: Request) -> Response:
         prev_url=page_url(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
         next_url=page_url(offset + PAGE_SIZE) if more else None,
     )
+
+
+def _grant_kind(rt: Runtime, provider: str) -> str:
+    """The grant's credential kind (its catalog entry's auth mode), for display."""
+    return rt.catalog.get(provider).auth_mode if provider in rt.catalog else "unknown"
+
+
+def _public_fields(rt: Runtime, rec: GrantRecord) -> list[tuple[str, str]]:
+    """The credential values the entry declares non-secret (a username, an installation id),
+    as (label, value); never a secret, and never a token even where one is not secret."""
+    if rec.credentials_ct is None or rec.provider not in rt.catalog or rec.revoked_at:
+        return []
+    labels = {f.name: f.label for f in rt.catalog.get(rec.provider).fields() if not f.secret}
+    labels.setdefault("installation_id", "Installation id")
+    labels = {k: v for k, v in labels.items() if "token" not in k}
+    creds = open_credentials(rt.vault, rec)
+    return [(label, value) for name, label in labels.items() if (value := creds.get(name))]
 
 
 async def _grant_page(ui: Ui, grant_id: str, *, status: int = 200, **extra: Any) -> Response:
@@ -1030,6 +1048,8 @@ async def _grant_page(ui: Ui, grant_id: str, *, status: int = 200, **extra: Any)
         "grants",
         status=status,
         g=grant_view(rec),
+        kind=_grant_kind(ui.rt, rec.provider),
+        public_fields=_public_fields(ui.rt, rec),
         events=events,
         more_events=more,
         return_urls=list(integ.return_urls) if integ is not None else [],
