@@ -309,6 +309,11 @@ def test_kind_fields_errors_are_shown_beside_the_fields(gk: Server, ui: Browserl
     )  # fmt: skip
     assert r.status_code == 422
     assert "not-a-pem-secret-value" not in r.text
+    # the code flow's form still says what it needs, each beside its field
+    r = create_through_form(ui, "code", "", {"return_urls": "not a url"})
+    assert r.status_code == 422
+    for field in ("f-id", "f-provider", "f-client-id", "f-return"):
+        assert f'id="{field}-error"' in r.text, field
 
 
 def test_grant_pages_show_the_kind_and_only_public_credential_fields(gk: Server, ui: Browserless) -> None:

@@ -626,7 +626,11 @@ def _collect(errors: dict[str, list[str]], exc: ValidationError) -> None:
 
 
 def _integration_input(
-    form: FormData, *, allow_private: bool, existing: IntegrationRecord | None = None
+    form: FormData,
+    *,
+    allow_private: bool,
+    code_flow: bool = True,
+    existing: IntegrationRecord | None = None,
 ) -> IntegrationInput:
     """The API body the form stands for, or ``_FormInvalid`` with every problem at once.
 
@@ -668,7 +672,8 @@ def _integration_input(
         except InvalidInput:
             errors[name] = ["write one name=value per line"]
     take("display_name", v["display_name"] or None)
-    take("client_id", v["client_id"] or None)
+    # the code flow needs a client id: an empty one is "required" beside the field
+    take("client_id", v["client_id"] or ("" if code_flow else None))
     take("scopes", [s for s in re.split(r"[\s,]+", v["scopes"]) if s])
     take("return_urls", _lines(v["return_urls"]))
     take("issuer", v["issuer"] or None)
@@ -907,6 +912,7 @@ async def _save_integration(
                 body = _integration_input(
                     form,
                     allow_private=ui.rt.settings.allow_private_networks,
+                    code_flow=_kind(ui.rt, values["provider"], values["kind"]) == "code",
                     existing=None if creating else existing,
                 )
             except _FormInvalid as exc:
