@@ -526,14 +526,28 @@ def _record_values(rec: IntegrationRecord) -> dict[str, str]:
         "verify_path": str(verify.get("path", "")),
         "verify_status": str(verify.get("expect_status", "")) if verify else "",
         "app_id": rec.app_id or "",
+        "mcp_registration": str(mcp.get("registration") or ""),
     }
+
+
+def _registered(rec: IntegrationRecord) -> bool:
+    """An ``mcp`` integration whose client the vault registered itself (DCR, CIMD): its
+    client id is not the admin's to give back (a given one would make it a static client)."""
+    return bool(rec.mcp) and (rec.mcp or {}).get("registration") != "static"
 
 
 def _record_body(rec: IntegrationRecord) -> dict[str, Any]:
     """The API body that stands for a stored integration (secrets omitted: kept on save)."""
+    if rec.mcp:
+        # found by discovery, not given: an mcp integration refuses them on a PUT
+        return {**_body_of(rec), "issuer": None, "api_base_url": None, "endpoints": {}}
+    return _body_of(rec)
+
+
+def _body_of(rec: IntegrationRecord) -> dict[str, Any]:
     return {
         "display_name": rec.display_name,
-        "client_id": rec.client_id or None,
+        "client_id": None if _registered(rec) else rec.client_id or None,
         "scopes": list(rec.scopes),
         "return_urls": list(rec.return_urls),
         "issuer": rec.issuer,
