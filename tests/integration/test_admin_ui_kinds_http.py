@@ -266,6 +266,7 @@ def test_every_kind_is_created_and_edited_through_the_form(gk: Server, ui: Brows
         page = ui.get(f"/ui/integrations/{iid}").text
         if "private_key_set" in expect:
             assert "A private key is set" in page
+            assert "This entry takes: <code>app_slug</code>" in page  # the app's slug
         if expect.get("client_secret_set"):
             assert "A secret is stored" in page
         r = save_unchanged(ui, iid)
