@@ -204,6 +204,12 @@ async def ensure_fresh(
         assert rec.retry_at is not None
         if still_valid and not force:
             return rec
+        async with reading(rt.engine) as conn:
+            integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
+        if integ is not None and integ.failure_code is not None and integ.retry_at is not None:
+            # the same answer as the call that met the refusal, for the integration's backoff
+            # (a 503 provider_unavailable sent operators to the provider, not to their client)
+            raise _misconfigured(integ, now)
         raise ProviderUnavailable(
             "the provider failed recently; retrying later",
             retry_after=max(1, math.ceil(rec.retry_at - now)),
