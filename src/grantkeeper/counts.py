@@ -3,7 +3,9 @@
 A ``count(*)`` by status reads every grant (seconds at millions of rows), and a scrape or
 a dashboard view must not cost that each time: each answer is reused for ``ttl`` seconds,
 and concurrent askers for the same key share one query. The figures are an estimate at
-most ``ttl`` seconds old; nothing decides anything on them.
+most ``ttl`` seconds old; nothing decides anything on them. A process that changes a
+grant's status itself forgets its cached figures (``forget``), so an operator who revokes a
+grant in the admin UI sees it counted at once; other processes' changes show within ``ttl``.
 """
 
 from __future__ import annotations
@@ -38,3 +40,7 @@ class CachedCounts:
                 self._cache.clear()  # bounded: keys are environments x integration filters
             self._cache[key] = (self._clock(), counts)
             return counts
+
+    def forget(self) -> None:
+        """Drop every cached figure: the next asker loads fresh counts."""
+        self._cache.clear()

@@ -269,6 +269,7 @@ async def delete_grant(rt: Runtime, principal: Principal, grant_id: str) -> dict
             provider_revocation=outcome,
             revocation_pending=pending,
         )
+    rt.counts.forget()
     return {
         "id": rec.id,
         "status": "revoked",

@@ -50,3 +50,18 @@ async def test_zero_ttl_counts_every_time() -> None:
 
     assert await cache.get("k", load) == {"active": 1}
     assert await cache.get("k", load) == {"active": 2}
+
+
+async def test_forget_drops_the_cached_figures() -> None:
+    # an operator who revokes a grant sees it counted at once on this process
+    cache = CachedCounts(30.0)
+    n = [0]
+
+    async def load() -> dict[str, int]:
+        n[0] += 1
+        return {"revoked": n[0]}
+
+    assert await cache.get("k", load) == {"revoked": 1}
+    assert await cache.get("k", load) == {"revoked": 1}
+    cache.forget()
+    assert await cache.get("k", load) == {"revoked": 2}
