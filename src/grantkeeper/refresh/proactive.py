@@ -254,12 +254,27 @@ class _Pipeline:
                         if rt.draining:
                             await self.give_back(rec)
                             return
+                        # the claim's lease may have run out while this grant waited for
+                        # a slot on a loaded machine: another holder may be presenting the
+                        # same refresh token right now, so never call without renewing it
+                        if await engine._renew(rt, rec, self.owner) is False:
+                            return
                         started = True
                         progress.unknown = True
-                        # the slot covers the provider call only, not the write
-                        fetched = await self.fetch(rec, integ, res, progress)
-                    if fetched is not None:
-                        await self.store(rec, integ, res, fetched, progress)
+                        # kept leased until the new generation is stored: an answer or a
+                        # batched write may take longer than one lease term
+                        heartbeat = asyncio.ensure_future(engine._keep_leased(rt, rec, self.owner))
+                        try:
+                            # the slot covers the provider call only, not the write
+                            fetched = await self.fetch(rec, integ, res, progress)
+                        except BaseException:
+                            heartbeat.cancel()
+                            raise
+                    try:
+                        if fetched is not None:
+                            await self.store(rec, integ, res, fetched, progress)
+                    finally:
+                        heartbeat.cancel()
                 except RefreshBusy:
                     if not started:
                         await self.give_back(rec)  # no slot in time: due again at once
