@@ -53,7 +53,9 @@ def _assert_alive_after_restart(gk: Server, gid: str) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_serve_drains_a_held_proactive_refresh(backend: str, tmp_path: Path, oidc: OidcServer, sig: signal.Signals) -> None:
+def test_serve_drains_a_held_proactive_refresh(
+    backend: str, tmp_path: Path, oidc: OidcServer, sig: signal.Signals
+) -> None:
     with running_server(backend, tmp_path) as gk:  # API + worker
         setup_oidc_integration(gk, oidc)
         oidc.set_ttl(AccessToken=8)
@@ -77,7 +79,11 @@ def test_worker_drains_a_held_refresh(backend: str, tmp_path: Path, oidc: OidcSe
         oidc.set_ttl(AccessToken=60)
         log = open(tmp_path / "worker.log", "ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "grantkeeper.cli", "worker"], env=gk.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "grantkeeper.cli", "worker"],
+            env=gk.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         try:
             _wait_held(oidc)
@@ -95,7 +101,13 @@ def test_worker_drains_a_held_refresh(backend: str, tmp_path: Path, oidc: OidcSe
 def test_shutdown_timeout_bounds_the_wait(tmp_path: Path, oidc: OidcServer) -> None:
     """An answer that never comes: the process still exits within the configured time, and
     the lease stays (the outcome is unknown) instead of letting another process reuse it."""
-    with running_server("sqlite", tmp_path, GRANTKEEPER_SHUTDOWN_TIMEOUT="2", GRANTKEEPER_HTTP_TIMEOUT="20", GRANTKEEPER_REFRESH_LEASE_SECONDS="30") as gk:
+    with running_server(
+        "sqlite",
+        tmp_path,
+        GRANTKEEPER_SHUTDOWN_TIMEOUT="2",
+        GRANTKEEPER_HTTP_TIMEOUT="20",
+        GRANTKEEPER_REFRESH_LEASE_SECONDS="30",
+    ) as gk:
         setup_oidc_integration(gk, oidc)
         oidc.set_ttl(AccessToken=8)
         connect_grant(gk, oidc, "acme", "u-drain-bound")
@@ -107,3 +119,50 @@ def test_shutdown_timeout_bounds_the_wait(tmp_path: Path, oidc: OidcServer) -> N
 
 
 _ = free_port
+
+
+def test_a_token_call_outliving_the_shutdown_answers_503_not_500(
+    tmp_path: Path, oidc: OidcServer
+) -> None:
+    """A token call waiting for a refresh that is still at the provider when the shutdown
+    time is up gets a clean 503 ``provider_unavailable`` (retry elsewhere), not uvicorn's
+    bare 500 (seen in the chaos run: SIGTERM of an API process during held answers)."""
+    import threading
+
+    with running_server(
+        "sqlite",
+        tmp_path,
+        worker=False,
+        GRANTKEEPER_SHUTDOWN_TIMEOUT="2",
+        GRANTKEEPER_HTTP_TIMEOUT="20",
+        GRANTKEEPER_REFRESH_LEASE_SECONDS="30",
+    ) as gk:
+        setup_oidc_integration(gk, oidc)
+        gid = connect_grant(gk, oidc, "acme", "u-drain-caller")
+        oidc.faults(token=[{"mode": "hold"}])
+        answer: dict[str, object] = {}
+
+        def call() -> None:
+            with gk.client() as c:
+                r = c.post(f"/v1/grants/{gid}/token", json={"force_refresh": True}, timeout=30)
+                answer.update(
+                    status=r.status_code,
+                    ctype=r.headers.get("content-type"),
+                    text=r.text,
+                    retry=r.headers.get("retry-after"),
+                )
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        try:
+            _wait_held(oidc)
+            took = _stop(gk.proc, signal.SIGTERM)
+            caller.join(timeout=10)
+        finally:
+            oidc.release()
+        assert took < 5, took
+        assert answer.get("status") == 503, answer
+        assert answer["ctype"] == "application/problem+json"
+        assert '"code":"provider_unavailable"' in str(answer["text"]).replace(" ", ""), answer
+        assert answer["retry"] is not None
+        assert "Exception in ASGI application" not in gk.log_path.read_text()

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from grantkeeper import tracing
 from grantkeeper.access import routes as access_routes
 from grantkeeper.access.cors import EndUserCors
-from grantkeeper.api.errors import install_error_handlers
+from grantkeeper.api.errors import error_response, install_error_handlers
 from grantkeeper.api.middleware import AccessLog, BodyGuard, TokenFastPath, flush_access_log
 from grantkeeper.api.routes import (
     audit,
@@ -30,6 +30,7 @@ from grantkeeper.api.routes import (
     webhooks,
 )
 from grantkeeper.config import Settings
+from grantkeeper.errors import ProviderUnavailable
 from grantkeeper.proxy import routes as proxy_routes
 from grantkeeper.runtime import Runtime, open_runtime
 from grantkeeper.web import admin, connect_pages, root
@@ -50,6 +51,31 @@ class GrantkeeperApp(FastAPI):
     fast_path: TokenFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._dispatch(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when the shutdown time is up (a token
+            # call waiting for a refresh still at the provider). The refresh itself runs on
+            # shielded; the caller gets a clean "retry" instead of uvicorn's bare 500.
+            if started:
+                raise
+            busy = ProviderUnavailable(
+                "this server stopped before the provider answered; retry", retry_after=1
+            )
+            await error_response(busy)(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_path
         if fast is not None and fast.matches(scope):
             scope["app"] = self
