@@ -67,7 +67,8 @@ def serve_on(sock: socket.socket, app: Any, banner: str, *, shutdown_timeout: fl
         server_header=False,
         loop="auto",
         http="auto",
-        # requests in flight (a token call waiting for its refresh) get this long
-        timeout_graceful_shutdown=max(1, int(shutdown_timeout)),
+        # requests in flight (a token call waiting for its refresh) get this long; the
+        # last second is left to the drain and the close, so the process exits in time
+        timeout_graceful_shutdown=max(1, int(shutdown_timeout - 1)),
     )
     _Announcing(config).run(sockets=[sock])
