@@ -51,29 +51,23 @@ class GrantkeeperApp(FastAPI):
     fast_path: TokenFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._dispatch(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self._dispatch(scope, receive, tracked)
+            await self._dispatch(scope, receive, send)
         except asyncio.CancelledError:
             # uvicorn cancels requests still running when the shutdown time is up (a token
-            # call waiting for a refresh still at the provider). The refresh itself runs on
-            # shielded; the caller gets a clean "retry" instead of uvicorn's bare 500.
-            if started:
+            # call waiting for a refresh still at the provider). The refresh itself runs on,
+            # shielded; the caller gets a clean "retry" instead of uvicorn's bare 500. (No
+            # send wrapper to track whether the answer started: this is the hot path, and
+            # the server refuses a second start anyway.)
+            if scope["type"] != "http":
                 raise
             busy = ProviderUnavailable(
                 "this server stopped before the provider answered; retry", retry_after=1
             )
-            await error_response(busy)(scope, receive, send)
+            try:
+                await error_response(busy)(scope, receive, send)
+            except RuntimeError:
+                raise asyncio.CancelledError() from None  # the answer had started
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_path
