@@ -31,6 +31,16 @@ loaded key. It cannot detect the removal of the newest events on its own: record
 it reports (``grantkeeper audit verify --json``) somewhere else to anchor the chain.
 Events not sealed yet are reported as pending.
 
+**Pruned chains** (:func:`prune`, the retention purge). Only the oldest sealed events go,
+as a prefix of the chain, and only after the pruned part was checked link by link (a purge
+never destroys the evidence of an edit). The environment's checkpoint keeps the position,
+id and seal of the last pruned event and how many were pruned, MACed with the chain key.
+``verify`` starts from it: the first remaining event must link to the checkpoint's seal, so
+deleting it (or restoring an older checkpoint) is still reported as a deletion; a
+checkpoint that was edited or forged, or an event placed at or before it, is reported as
+``checkpoint``; deleting the checkpoint makes the remaining chain start at a link to an
+event that is gone. The sealer goes on from the checkpoint when every event was pruned.
+
 The chain key is derived from the keyring's derivation secret, a key of its own that
 keeps its value through root and keyring rotation (``vault.manager``), so retiring an
 old root key never breaks verification. A database moved over from before the keyring
@@ -62,7 +72,9 @@ __all__ = [
     "ChainVerifier",
     "canonical",
     "chain_keys",
+    "checkpoint_mac",
     "link_hash",
+    "prune",
     "seal",
     "verify",
 ]
@@ -91,6 +103,19 @@ def link_hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
 def chain_keys(vault: Vault) -> list[tuple[str, bytes]]:
     """(label, chain key): the current one first, then one per loaded local key."""
     return vault.derived_keys(_PURPOSE)
+
+
+_CHECKPOINT_FIELDS = ("environment_id", "chain_seq", "event_id", "hash", "at", "pruned")
+
+
+def checkpoint_mac(key: bytes, cp: dict[str, Any]) -> str:
+    """The MAC of a checkpoint (its own prefix: never equal to a link's input)."""
+    body = orjson.dumps({k: cp[k] for k in _CHECKPOINT_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    return hmac.new(key, b"audit-checkpoint:" + body, hashlib.sha256).hexdigest()
+
+
+def _checkpoint_ok(keys: list[tuple[str, bytes]], cp: dict[str, Any]) -> bool:
+    return any(hmac.compare_digest(checkpoint_mac(k, cp), str(cp["mac"])) for _, k in keys)
 
 
 # ---------------------------------------------------------------- sealing
@@ -148,7 +173,7 @@ async def seal(
 
 # ---------------------------------------------------------------- verification
 
-BreakKind = Literal["edited", "deleted", "reordered", "unsealed", "unknown_key"]
+BreakKind = Literal["edited", "deleted", "reordered", "unsealed", "unknown_key", "checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,9 @@ class ChainReport:
     head_id: int | None = None
     head_hash: str | None = None
     broken: BrokenLink | None = None
+    #: events the retention purge removed, and the last of them (None: nothing pruned)
+    pruned: int = 0
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -184,6 +212,8 @@ class ChainReport:
             "head": {"id": self.head_id, "hash": self.head_hash}
             if self.head_id is not None
             else None,
+            "pruned": self.pruned,
+            "checkpoint": self.checkpoint,
             "broken": {
                 "event_id": self.broken.event_id,
                 "kind": self.broken.kind,
@@ -197,12 +227,18 @@ class ChainReport:
 class ChainVerifier:
     """Checks one environment's events fed in chain order; stops at the first broken link."""
 
-    def __init__(self, environment_id: str, keys: list[tuple[str, bytes]]) -> None:
+    def __init__(
+        self,
+        environment_id: str,
+        keys: list[tuple[str, bytes]],
+        start: dict[str, Any] | None = None,
+    ) -> None:
         self.report = ChainReport(environment_id)
         self._keys = keys
         self._key = keys[0][1]
-        self._prev_hash = GENESIS
-        self._prev_id: int | None = None
+        # after pruning, the chain goes on from the checkpoint (the last pruned event)
+        self._prev_hash = str(start["hash"]) if start is not None else GENESIS
+        self._prev_id: int | None = int(start["event_id"]) if start is not None else None
         #: set when an event links to a hash other than its predecessor's
         self.dangling: tuple[int, str] | None = None
 
@@ -261,9 +297,44 @@ async def verify(
     engine: AsyncEngine, vault: Vault, environment_id: str, *, page: int = 5000
 ) -> ChainReport:
     """Recompute the chain of one environment; the report names the first broken link."""
-    checker = ChainVerifier(environment_id, chain_keys(vault))
-    after = 0
+    keys = chain_keys(vault)
     async with reading(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # one snapshot: a purge committing between two pages (or between the checkpoint
+            # and the first page) must not look like a deletion
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        cp = await store.get_checkpoint(conn, environment_id)
+        checker = ChainVerifier(environment_id, keys, start=cp)
+        after = 0
+        if cp is not None:
+            after = int(cp["chain_seq"])
+            report = checker.report
+            report.pruned = int(cp["pruned"])
+            # with every event pruned, the checkpoint is the head to anchor
+            report.head_id, report.head_hash = int(cp["event_id"]), str(cp["hash"])
+            report.checkpoint = {
+                "chain_seq": after,
+                "event_id": int(cp["event_id"]),
+                "hash": str(cp["hash"]),
+                "at": float(cp["at"]),
+            }
+            if not _checkpoint_ok(keys, cp):
+                report.broken = BrokenLink(
+                    int(cp["event_id"]),
+                    "checkpoint",
+                    f"the audit checkpoint (events pruned up to chain position {after}) was "
+                    "modified: its MAC does not match",
+                )
+                return report
+            stale = await store.first_before(conn, environment_id, after)
+            if stale is not None:
+                report.broken = BrokenLink(
+                    stale,
+                    "checkpoint",
+                    f"event {stale} has a chain position at or before the checkpoint "
+                    f"(position {after}, pruned): it was inserted or moved there",
+                )
+                return report
         pending = await store.count_unchained(conn, environment_id)
         checker.report.events += pending
         checker.report.pending = pending
@@ -279,3 +350,78 @@ async def verify(
             if len(batch) < page:
                 return checker.report
             after = int(batch[-1]["chain_seq"])
+
+
+# ---------------------------------------------------------------- retention
+
+
+async def prune(
+    engine: AsyncEngine,
+    vault: Vault,
+    environment_id: str,
+    *,
+    cutoff: float,
+    now: float,
+    batch: int = _BATCH,
+) -> int:
+    """Prune one batch of the environment's oldest sealed events written before ``cutoff``;
+    returns how many were deleted (0: nothing due, or the chain does not verify).
+
+    Only a prefix of the chain goes (in chain order; the first event at or after ``cutoff``
+    ends it, so an event sealed late waits for those sealed before it), after its links
+    were checked, and the checkpoint moves to its last event in the same transaction.
+    Events not sealed yet have no place in the chain and are never pruned.
+    """
+    # a read first: an idle pass never takes a write lock (SQLite) or the sealer's lock
+    async with reading(engine) as conn:
+        cp = await store.get_checkpoint(conn, environment_id)
+        first = await store.chain_after(
+            conn, environment_id, int(cp["chain_seq"]) if cp is not None else 0, 1
+        )
+    if not first or float(first[0]["at"]) >= cutoff:
+        return 0
+    keys = chain_keys(vault)
+    async with engine.begin() as conn:
+        # one pruner at a time, and never while the sealer extends the chain
+        await store.lock_sealer(conn, wait=True)
+        cp = await store.get_checkpoint(conn, environment_id)
+        if cp is not None and not _checkpoint_ok(keys, cp):
+            log.error(
+                "audit checkpoint of environment %s does not verify; not pruning "
+                "(run grantkeeper audit verify)",
+                environment_id,
+            )
+            return 0
+        after = int(cp["chain_seq"]) if cp is not None else 0
+        checker = ChainVerifier(environment_id, keys, start=cp)
+        last: dict[str, Any] | None = None
+        for row in await store.chain_after(conn, environment_id, after, batch):
+            if float(row["at"]) >= cutoff:
+                break
+            if not checker.feed(row):
+                # never destroy the evidence of tampering
+                log.error(
+                    "audit chain of environment %s is broken at event %s; not pruning "
+                    "(run grantkeeper audit verify)",
+                    environment_id,
+                    row["id"],
+                )
+                return 0
+            last = row
+        if last is None:
+            return 0
+        through = int(last["chain_seq"])
+        n = await store.delete_chain(conn, environment_id, after, through)
+        values: dict[str, Any] = {
+            "environment_id": environment_id,
+            "chain_seq": through,
+            "event_id": int(last["id"]),
+            "hash": str(last["hash"]),
+            "at": float(last["at"]),
+            "pruned": (int(cp["pruned"]) if cp is not None else 0) + n,
+        }
+        values["mac"] = checkpoint_mac(keys[0][1], values)
+        values["updated_at"] = now
+        await store.put_checkpoint(conn, values)
+    log.info("pruned %d audit events of environment %s", n, environment_id)
+    return n

@@ -189,6 +189,17 @@ class Settings(BaseSettings):
     #: proactive calls in flight per provider host across every worker (database slots)
     worker_provider_concurrency: int = Field(default=16, ge=1, le=1000)
 
+    #: retention (days; 0 keeps forever): finished webhook deliveries and their events,
+    #: ended connect sessions, audit events (pruned oldest first, in chain order, behind a
+    #: checkpoint that keeps ``audit verify`` working; on PostgreSQL a month at a time)
+    webhook_retention_days: float = Field(default=30.0, ge=0)
+    connect_session_retention_days: float = Field(default=7.0, ge=0)
+    audit_retention_days: float = Field(default=365.0, ge=0)
+    #: rows one purge statement deletes at most (one short transaction each)
+    purge_batch: int = Field(default=1000, ge=1, le=100_000)
+    #: seconds between purge passes when nothing is left to purge
+    purge_interval: float = Field(default=300.0, gt=0)
+
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1, le=100)
     #: first retry delay of a failed delivery; doubles per attempt up to an hour

@@ -413,3 +413,53 @@ def test_a_transaction_held_open_on_postgres_never_breaks_the_chain(tmp_path: Pa
 
         asyncio.run(go())
         assert _verify_cli(server)[0] == 0
+
+
+# ---------------------------------------------------------------- retention (issue 18, item 3)
+
+
+def test_verify_after_pruning_reports_it_and_names_a_tampered_checkpoint(quiet: Server) -> None:
+    from grantkeeper.auditchain import prune
+    from grantkeeper.store.tables import audit_checkpoints
+
+    _make_events(quiet, 5)
+    _seal_all(quiet)
+    rows = _rows(quiet)
+    env_id = rows[0]["environment_id"]
+    vault = _vault(quiet)
+    cutoff = rows[3]["at"]
+    n = _run(lambda e: prune(e, vault, env_id, cutoff=cutoff, now=time.time()), quiet.db.url)
+    left = _rows(quiet)
+    assert n == len(rows) - len(left) >= 3
+    code, out = _verify_cli(quiet)
+    assert code == 0, out
+    env = out["environments"][0]
+    assert env["pruned"] == n and env["checkpoint"]["event_id"] == rows[n - 1]["id"]
+    assert env["sealed"] == len(left)
+    p = quiet.cli("audit", "verify")
+    assert p.returncode == 0 and f"{n} pruned" in p.stdout
+    _exec(quiet, update(audit_checkpoints).values(pruned=0))
+    code, out = _verify_cli(quiet)
+    assert code == 1 and out["environments"][0]["broken"]["kind"] == "checkpoint"
+    p = quiet.cli("audit", "verify", check=False)
+    assert p.returncode == 1 and "BROKEN" in p.stdout
+
+
+def test_worker_prunes_by_itself(backend: str, tmp_path: Path) -> None:
+    """With a tiny retention the worker seals, then prunes, and the chain still verifies."""
+    with running_server(
+        backend,
+        tmp_path,
+        GRANTKEEPER_AUDIT_RETENTION_DAYS="0.00001",  # under a second
+        GRANTKEEPER_PURGE_INTERVAL="0.3",
+    ) as server:
+        _make_events(server, 3)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            code, out = _verify_cli(server)
+            if out["environments"][0]["pruned"] >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the worker did not prune the audit events: {out}")
+        assert code == 0 and out["ok"], out

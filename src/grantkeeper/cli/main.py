@@ -631,8 +631,13 @@ def audit_verify(
                 )
             else:
                 head = f"head {r.head_id} {r.head_hash}" if r.head_id is not None else "empty"
+                pruned = (
+                    f", {r.pruned} pruned (through event {r.checkpoint['event_id']})"
+                    if r.checkpoint is not None
+                    else ""
+                )
                 console.print(
-                    f"{name}: ok, {r.sealed} sealed, {r.pending} not sealed yet; {head}",
+                    f"{name}: ok, {r.sealed} sealed, {r.pending} not sealed yet{pruned}; {head}",
                     highlight=False,
                 )
     if broken:

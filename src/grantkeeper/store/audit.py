@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grantkeeper.store.tables import audit_events
+from grantkeeper.store.tables import audit_checkpoints, audit_events
 
 __all__ = [
     "append",
@@ -21,7 +21,11 @@ __all__ = [
     "chain_after",
     "chain_head",
     "count_unchained",
+    "delete_chain",
     "event_with_hash",
+    "first_before",
+    "get_checkpoint",
+    "put_checkpoint",
     "list_events",
     "lock_sealer",
     "last_detail",
@@ -146,12 +150,16 @@ async def last_detail(
 # ---------------------------------------------------------------- the chain
 
 
-async def lock_sealer(conn: AsyncConnection) -> bool:
-    """Only one sealer at a time: a transaction-scoped advisory lock on PostgreSQL.
+async def lock_sealer(conn: AsyncConnection, *, wait: bool = False) -> bool:
+    """Only one sealer (or pruner) at a time: a transaction-scoped advisory lock on
+    PostgreSQL; ``wait`` waits for it instead of giving up.
 
     On SQLite the sealing transaction's ``BEGIN IMMEDIATE`` already excludes other writers.
     """
     if conn.dialect.name != "postgresql":
+        return True
+    if wait:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SEALER_LOCK})
         return True
     got = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SEALER_LOCK})
     return bool(got)
@@ -169,7 +177,8 @@ async def unsealed(conn: AsyncConnection, limit: int, *, before: float) -> list[
 
 
 async def chain_head(conn: AsyncConnection, environment_id: str) -> tuple[int, str] | None:
-    """(chain position, hash) of the environment's last sealed event."""
+    """(chain position, hash) of the environment's last sealed event; when the retention
+    purge pruned every sealed event, its checkpoint's (the chain goes on from there)."""
     row = (
         await conn.execute(
             select(audit_events.c.chain_seq, audit_events.c.hash)
@@ -181,6 +190,14 @@ async def chain_head(conn: AsyncConnection, environment_id: str) -> tuple[int, s
             .limit(1)
         )
     ).first()
+    if row is None:
+        row = (
+            await conn.execute(
+                select(audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash).where(
+                    audit_checkpoints.c.environment_id == environment_id
+                )
+            )
+        ).first()
     return (int(row[0]), str(row[1])) if row is not None else None
 
 
@@ -237,3 +254,63 @@ async def set_links(conn: AsyncConnection, links: Sequence[tuple[int, str, str, 
     await conn.execute(
         stmt, [{"b_id": i, "b_prev": p, "b_hash": h, "b_seq": q} for i, p, h, q in links]
     )
+
+
+# ---------------------------------------------------------------- retention (pruning)
+
+
+async def get_checkpoint(conn: AsyncConnection, environment_id: str) -> dict[str, Any] | None:
+    """The environment's checkpoint (where its chain starts after pruning), if any."""
+    row = (
+        (
+            await conn.execute(
+                select(audit_checkpoints).where(
+                    audit_checkpoints.c.environment_id == environment_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+async def put_checkpoint(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    """Insert or replace the environment's checkpoint (the caller holds the sealer lock)."""
+    env = values["environment_id"]
+    r = await conn.execute(
+        update(audit_checkpoints)
+        .where(audit_checkpoints.c.environment_id == env)
+        .values({k: v for k, v in values.items() if k != "environment_id"})
+    )
+    if not r.rowcount:
+        await conn.execute(insert(audit_checkpoints).values(**values))
+
+
+async def delete_chain(
+    conn: AsyncConnection, environment_id: str, after_seq: int, through_seq: int
+) -> int:
+    """Delete the environment's chained events at positions ``(after_seq, through_seq]``
+    (a range of the ``(environment_id, chain_seq)`` index); how many were deleted."""
+    r = await conn.execute(
+        delete(audit_events).where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.chain_seq > after_seq,
+            audit_events.c.chain_seq <= through_seq,
+        )
+    )
+    return int(r.rowcount or 0)
+
+
+async def first_before(conn: AsyncConnection, environment_id: str, seq: int) -> int | None:
+    """The id of an event whose chain position is at or before ``seq`` (None: there is none)."""
+    got = await conn.scalar(
+        select(audit_events.c.id)
+        .where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.chain_seq <= seq,
+        )
+        .order_by(audit_events.c.chain_seq)
+        .limit(1)
+    )
+    return int(got) if got is not None else None

@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 __all__ = [
     "api_keys",
+    "audit_checkpoints",
     "audit_events",
     "connect_sessions",
     "end_user_tokens",
@@ -221,6 +222,8 @@ connect_sessions = Table(
     Column("export_status", String(12), nullable=False),
     # key rotation's keyset pagination
     Index("ix_connect_sessions_env_id", "environment_id", "id"),
+    # the retention purge (ended sessions)
+    Index("ix_connect_sessions_expires", "expires_at"),
 )
 
 audit_events = Table(
@@ -253,6 +256,23 @@ audit_events = Table(
     Index("ix_audit_env_action_at", "environment_id", "action", "at"),
 )
 
+#: where each environment's audit chain starts after the retention purge pruned its oldest
+#: events: the last pruned event (position, id, seal), MACed with the chain key so that
+#: ``audit verify`` can start from it and a forged or edited checkpoint is detected
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("environment_id", ID, primary_key=True),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", Double, nullable=False),
+    # events pruned so far, in total
+    Column("pruned", BigInteger, nullable=False),
+    Column("mac", String(64), nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
 webhook_endpoints = Table(
     "webhook_endpoints",
     metadata,
@@ -279,6 +299,8 @@ webhook_events = Table(
     Column("grant_id", ID, nullable=True),
     Column("payload", JSON, nullable=False),
     Column("created_at", Double, nullable=False),
+    # the retention purge
+    Index("ix_webhook_events_created", "created_at"),
 )
 
 webhook_deliveries = Table(
@@ -299,6 +321,9 @@ webhook_deliveries = Table(
     Column("delivered_at", Double, nullable=True),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+    # the retention purge: finished deliveries by age, and "does the event still have any"
+    Index("ix_webhook_deliveries_finished", "status", "created_at"),
+    Index("ix_webhook_deliveries_event", "event_id"),
 )
 
 provider_event_ids = Table(

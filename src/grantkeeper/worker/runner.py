@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from grantkeeper.auditchain import Sealer
 from grantkeeper.refresh.proactive import run_proactive
+from grantkeeper.retention import purge
 from grantkeeper.revocation import retry_pending
 from grantkeeper.runtime import Runtime
 from grantkeeper.signals.expiry import warn_expiring
@@ -65,6 +66,10 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
             await purge_event_ids(conn, rt.clock.now())
         return 0
 
+    async def retention_step() -> int:
+        # bounded batches; the loop runs again at once while a pass found work
+        return await purge(rt.engine, rt.vault, s, rt.clock.now())
+
     async def expiry_step() -> int:
         return await warn_expiring(rt)
 
@@ -83,6 +88,7 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
         _loop("webhooks", stop, s.worker_interval, webhook_step),
         _loop("revocations", stop, s.worker_interval, revocation_step),
         _loop("housekeeping", stop, 60.0, housekeeping_step),
+        _loop("retention", stop, s.purge_interval, retention_step),
         _loop("audit-chain", stop, s.worker_interval, audit_chain_step),
         _loop("expiry-warnings", stop, 60.0, expiry_step),
         _loop("health-probes", stop, s.worker_interval, probe_step),
