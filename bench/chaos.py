@@ -498,6 +498,9 @@ def main() -> None:  # noqa: C901 (one linear script)
                 if act.startswith("kill9"):
                     victim = rng.choice(apis if act.endswith("api") else workers)
                     if victim.p is not None and victim.alive:
+                        # frozen first: under load `ss` takes a while, and a connection the
+                        # victim opened meanwhile would be missing from the snapshot
+                        victim.signal(signal.SIGSTOP)
                         ports = provider_ports_of(victim.p.pid, oidc.port)
                         victim.signal(signal.SIGKILL)
                         ev.kills.append((time.time(), ports, victim.log_path.stem))
@@ -595,6 +598,9 @@ def main() -> None:  # noqa: C901 (one linear script)
         for gid, tags in final.seen.items():
             seen[gid] |= tags
         att = attribute(stats.get("token_log", []), ev.kills, args.window, lost_ids, seen)
+        if args.keep:  # the raw material of the attribution, for a second look
+            (tmp / "token_log.json").write_text(json.dumps(stats.get("token_log", [])))
+            (tmp / "kills.json").write_text(json.dumps([[t, sorted(p), v] for t, p, v in ev.kills]))
         windows = att["kill_windows"]
         # audit chain: the workers seal; wait until nothing is pending
         audit: dict[str, Any] = {}
