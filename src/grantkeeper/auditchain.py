@@ -57,9 +57,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.store import audit as store
+from grantkeeper.store import auditparts
 from grantkeeper.store.db import reading
 from grantkeeper.vault import Vault
 
@@ -75,6 +77,7 @@ __all__ = [
     "checkpoint_mac",
     "link_hash",
     "prune",
+    "prune_months",
     "seal",
     "verify",
 ]
@@ -87,6 +90,8 @@ GENESIS = "0" * 64
 SEAL_HORIZON = 5.0
 _PURPOSE = b"audit-chain"
 _BATCH = 1000
+#: seconds dropping a month waits for its exclusive lock (then the next pass tries again)
+_DROP_LOCK_TIMEOUT = 2
 
 _FIELDS = ("id", "environment_id", "at", "actor", "action", "grant_id", "integration_id", "detail")
 
@@ -144,7 +149,7 @@ class Sealer:
                 return 0  # another process is sealing
             rows = await store.unsealed(conn, self.batch, before=cutoff)
             heads: dict[str, tuple[int, str]] = {}
-            links: list[tuple[int, str, str, int]] = []
+            links: list[tuple[int, str, str, int, float]] = []
             for row in rows:
                 env = str(row["environment_id"])
                 if env not in heads:
@@ -152,7 +157,7 @@ class Sealer:
                     heads[env] = head if head is not None else (0, GENESIS)
                 seq, head_hash = heads[env]
                 h = link_hash(key, head_hash, row)
-                links.append((int(row["id"]), head_hash, h, seq + 1))
+                links.append((int(row["id"]), head_hash, h, seq + 1, float(row["at"])))
                 heads[env] = (seq + 1, h)
             await store.set_links(conn, links)
         if links:
@@ -425,3 +430,107 @@ async def prune(
         await store.put_checkpoint(conn, values)
     log.info("pruned %d audit events of environment %s", n, environment_id)
     return n
+
+
+class _NotYet(Exception):
+    """A month cannot be dropped yet (rolls back what its transaction did so far)."""
+
+
+#: (database, month) -> clock time before which a month that could not be dropped is not
+#: tried again (each try walks the month's chain; the reasons pass slowly)
+_RETRY_AT: dict[tuple[str, str], float] = {}
+_RETRY_AFTER = 3600.0
+
+
+async def prune_months(engine: AsyncEngine, vault: Vault, *, cutoff: float, now: float) -> int:
+    """PostgreSQL: drop each monthly partition that ended before ``cutoff``, oldest first,
+    once every event chained up to its last one may go; returns how many events went.
+
+    Per environment, the events chained from the checkpoint through the month's last one
+    are checked link by link and must all be older than ``cutoff`` (an event sealed late
+    waits for those sealed before it); the few of them outside the month (around its
+    boundaries) are deleted as rows, the checkpoint moves to the month's last event, and
+    the partition is dropped, all in one transaction. The drop needs a short exclusive
+    lock on the table: it waits at most ``lock_timeout`` (then the next pass tries again).
+    """
+    async with reading(engine) as conn:
+        months = await auditparts.list_months(conn)
+    total = 0
+    for m in months:
+        key = (str(engine.url), m.name)
+        if m.end > cutoff or _RETRY_AT.get(key, now) > now:
+            break
+        try:
+            total += await _drop_month(engine, vault, m, cutoff=cutoff, now=now)
+        except _NotYet as exc:
+            log.info("audit partition %s is not dropped yet: %s", m.name, exc)
+            _RETRY_AT[key] = now + _RETRY_AFTER
+            break
+        _RETRY_AT.pop(key, None)
+    return total
+
+
+async def _drop_month(
+    engine: AsyncEngine, vault: Vault, m: auditparts.Month, *, cutoff: float, now: float
+) -> int:
+    keys = chain_keys(vault)
+    dropped = 0
+    async with engine.begin() as conn:
+        await conn.execute(text(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}s'"))
+        await store.lock_sealer(conn, wait=True)
+        for env, top, count, unsealed in await store.month_heads(conn, m.name):
+            if unsealed:
+                raise _NotYet(f"{unsealed} events of environment {env} are not sealed yet")
+            cp = await store.get_checkpoint(conn, env)
+            if cp is not None and not _checkpoint_ok(keys, cp):
+                log.error(
+                    "audit checkpoint of environment %s does not verify; not pruning "
+                    "(run grantkeeper audit verify)",
+                    env,
+                )
+                raise _NotYet("a checkpoint does not verify")
+            after = int(cp["chain_seq"]) if cp is not None else 0
+            if top is None or top <= after:
+                dropped += count
+                continue
+            checker = ChainVerifier(env, keys, start=cp)
+            last: dict[str, Any] | None = None
+            pos = after
+            while pos < top:
+                rows = await store.chain_after(conn, env, pos, 5000)
+                if not rows:
+                    break
+                for row in rows:
+                    if int(row["chain_seq"]) > top:
+                        break
+                    if float(row["at"]) >= cutoff:
+                        raise _NotYet(f"event {row['id']} is chained before its last event")
+                    if not checker.feed(row):
+                        log.error(
+                            "audit chain of environment %s is broken at event %s; not "
+                            "pruning (run grantkeeper audit verify)",
+                            env,
+                            row["id"],
+                        )
+                        raise _NotYet("the chain does not verify")
+                    last = row
+                pos = int(rows[-1]["chain_seq"])
+            if last is None or int(last["chain_seq"]) != top:
+                raise _NotYet(f"the chain of environment {env} does not reach its last event")
+            # the events chained before the month's last one that lie outside it
+            outside = await store.delete_chain_outside(conn, env, after, top, m.start, m.end)
+            values: dict[str, Any] = {
+                "environment_id": env,
+                "chain_seq": top,
+                "event_id": int(last["id"]),
+                "hash": str(last["hash"]),
+                "at": float(last["at"]),
+                "pruned": (int(cp["pruned"]) if cp is not None else 0) + count + outside,
+            }
+            values["mac"] = checkpoint_mac(keys[0][1], values)
+            values["updated_at"] = now
+            await store.put_checkpoint(conn, values)
+            dropped += count + outside
+        await conn.execute(text(f"DROP TABLE {m.name}"))
+    log.info("dropped audit partition %s (%d events)", m.name, dropped)
+    return dropped

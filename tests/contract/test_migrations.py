@@ -15,6 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support.gk import new_database
 
+from grantkeeper.store.auditparts import include_name
 from grantkeeper.store.migrate import alembic_config, upgrade
 from grantkeeper.store.tables import metadata
 
@@ -31,7 +32,7 @@ def _diff(url: str) -> list[object]:
             async with engine.connect() as conn:
                 return await conn.run_sync(
                     lambda sync: compare_metadata(
-                        MigrationContext.configure(sync, opts={"compare_type": False}), metadata
+                        MigrationContext.configure(sync, opts={"compare_type": False, "include_name": include_name}), metadata
                     )
                 )
         finally:

@@ -388,6 +388,23 @@ def _statements() -> dict[str, tuple[Any, str]]:
 async def test_purge_deletes_through_an_index(engine: AsyncEngine, name: str) -> None:
     stmt, index = _statements()[name]
     assert isinstance(stmt, Delete)
+    if name == "audit":
+        # enough of a chain that the planner tells the indexes apart (on PostgreSQL each
+        # month has its own copy of the index, named after the partition)
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(audit_events),
+                [
+                    {"environment_id": env, "at": RECENT, "actor": "key:t", "action": "t.event",
+                     "detail": {}, "hash": "h", "prev_hash": "p", "chain_seq": i}
+                    for env in ("e", "f") for i in range(1, 1001)
+                ],
+            )  # fmt: skip
+        async with engine.connect() as conn:
+            await conn.execute(
+                text("ANALYZE audit_events" if conn.dialect.name == "postgresql" else "ANALYZE")
+            )
+            await conn.commit()
     async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             sql = str(
@@ -408,6 +425,9 @@ async def test_purge_deletes_through_an_index(engine: AsyncEngine, name: str) ->
             assert all(
                 "USING" in line for line in plan.splitlines() if line.startswith(("SCAN", "SEARCH"))
             ), plan
-    assert index in plan, plan
+    if name == "audit" and "ix_audit_env_chain" not in plan:
+        assert "_environment_id_chain_seq_idx" in plan, plan  # the partitions' copies
+    else:
+        assert index in plan, plan
     if name == "events":  # "does the event still have a delivery" is an index lookup too
         assert "ix_webhook_deliveries_event" in plan, plan

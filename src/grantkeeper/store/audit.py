@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantkeeper.store.tables import audit_checkpoints, audit_events
@@ -22,11 +22,13 @@ __all__ = [
     "chain_head",
     "count_unchained",
     "delete_chain",
+    "delete_chain_outside",
     "event_with_hash",
     "first_before",
     "get_checkpoint",
     "put_checkpoint",
     "list_events",
+    "month_heads",
     "lock_sealer",
     "last_detail",
     "set_links",
@@ -240,19 +242,49 @@ async def event_with_hash(conn: AsyncConnection, environment_id: str, h: str) ->
     return int(got) if got is not None else None
 
 
-async def set_links(conn: AsyncConnection, links: Sequence[tuple[int, str, str, int]]) -> None:
-    """Store (id, prev_hash, hash, chain_seq); only on events not sealed yet (never re-seals)."""
+#: PostgreSQL: a whole batch of seals in one statement (one plan, one round trip; with
+#: ``at`` each row is looked up in its own month only)
+_SET_LINKS_PG = text(
+    "UPDATE audit_events AS a SET prev_hash = u.p, hash = u.h, chain_seq = u.q "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:ats AS float8[]), CAST(:ps AS text[]), "
+    "CAST(:hs AS text[]), CAST(:qs AS bigint[])) AS u(id, at, p, h, q) "
+    "WHERE a.id = u.id AND a.at = u.at AND a.hash IS NULL"
+)
+
+
+async def set_links(
+    conn: AsyncConnection, links: Sequence[tuple[int, str, str, int, float]]
+) -> None:
+    """Store (id, prev_hash, hash, chain_seq) of events written at ``at`` (the partition
+    key on PostgreSQL); only on events not sealed yet (never re-seals)."""
     if not links:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            _SET_LINKS_PG,
+            {
+                "ids": [i for i, _p, _h, _q, _at in links],
+                "ats": [at for _i, _p, _h, _q, at in links],
+                "ps": [p for _i, p, _h, _q, _at in links],
+                "hs": [h for _i, _p, h, _q, _at in links],
+                "qs": [q for _i, _p, _h, q, _at in links],
+            },
+        )
         return
     stmt = (
         update(audit_events)
-        .where(audit_events.c.id == bindparam("b_id"), audit_events.c.hash.is_(None))
+        .where(
+            audit_events.c.id == bindparam("b_id"),
+            audit_events.c.at == bindparam("b_at"),
+            audit_events.c.hash.is_(None),
+        )
         .values(
             prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"), chain_seq=bindparam("b_seq")
         )
     )
     await conn.execute(
-        stmt, [{"b_id": i, "b_prev": p, "b_hash": h, "b_seq": q} for i, p, h, q in links]
+        stmt,
+        [{"b_id": i, "b_prev": p, "b_hash": h, "b_seq": q, "b_at": at} for i, p, h, q, at in links],
     )
 
 
@@ -314,3 +346,38 @@ async def first_before(conn: AsyncConnection, environment_id: str, seq: int) -> 
         .limit(1)
     )
     return int(got) if got is not None else None
+
+
+async def month_heads(
+    conn: AsyncConnection, partition: str
+) -> list[tuple[str, int | None, int, int]]:
+    """Per environment in one monthly partition: (environment id, last chain position,
+    events, events not sealed yet). ``partition`` is a name ``auditparts`` made."""
+    rows = await conn.execute(
+        text(
+            "SELECT environment_id, max(chain_seq), count(*), "  # noqa: S608 - a partition name
+            f"count(*) FILTER (WHERE hash IS NULL) FROM {partition} GROUP BY environment_id"
+        )
+    )
+    return [(str(e), int(t) if t is not None else None, int(n), int(u)) for e, t, n, u in rows]
+
+
+async def delete_chain_outside(
+    conn: AsyncConnection,
+    environment_id: str,
+    after_seq: int,
+    through_seq: int,
+    start: float,
+    end: float,
+) -> int:
+    """``delete_chain`` for the events outside ``[start, end)`` only (the month being
+    dropped is pruned away from the scan)."""
+    r = await conn.execute(
+        delete(audit_events).where(
+            audit_events.c.environment_id == environment_id,
+            audit_events.c.chain_seq > after_seq,
+            audit_events.c.chain_seq <= through_seq,
+            or_(audit_events.c.at < start, audit_events.c.at >= end),
+        )
+    )
+    return int(r.rowcount or 0)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from grantkeeper.auditchain import Sealer
 from grantkeeper.refresh.proactive import run_proactive
-from grantkeeper.retention import purge
+from grantkeeper.retention import ensure_months, purge
 from grantkeeper.revocation import retry_pending
 from grantkeeper.runtime import Runtime
 from grantkeeper.signals.expiry import warn_expiring
@@ -64,6 +64,8 @@ async def run_worker(rt: Runtime, stop: asyncio.Event) -> None:
         async with rt.engine.begin() as conn:
             await purge_expired(conn, rt.clock.now())
             await purge_event_ids(conn, rt.clock.now())
+        # PostgreSQL: audit partitions for this month and the next ones
+        await ensure_months(rt.engine, rt.clock.now())
         return 0
 
     async def retention_step() -> int:

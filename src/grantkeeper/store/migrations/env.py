@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from grantkeeper.store.auditparts import include_name
 from grantkeeper.store.tables import metadata
 
 config = context.config
@@ -27,6 +28,8 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # audit_events' monthly partitions are made at run time (store.auditparts)
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
