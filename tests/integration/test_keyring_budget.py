@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import update
-from tests.support.gk import Database, master_key, new_database
+from tests.support.gk import Database, engine_for, master_key
 
 from grantkeeper.config import Settings
 from grantkeeper.errors import KeysUnavailable
 from grantkeeper.store import keyring as keyring_store
-from grantkeeper.store.db import create_engine
-from grantkeeper.store.migrate import upgrade
 from grantkeeper.store.tables import keyring_keys
 from grantkeeper.vault import aad_for
 from grantkeeper.vault.manager import HARD_LIMIT, KeyManager
@@ -32,23 +29,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def budget_db(backend: str, tmp_path: Path) -> Iterator[Database]:
-    db = new_database(backend, tmp_path)
-    upgrade(db.url)
-    try:
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture
-async def setup(budget_db: Database) -> AsyncIterator[tuple[Settings, Any]]:
-    settings = Settings(database_url=budget_db.url, master_keys=master_key("r1"), kek_max_wraps=20, keyring_check_interval=0.5)  # type: ignore[arg-type]
-    engine = create_engine(settings)
-    try:
+async def setup(database: Database) -> AsyncIterator[tuple[Settings, Any]]:
+    settings = Settings(database_url=database.url, master_keys=master_key("r1"), kek_max_wraps=20, keyring_check_interval=0.5)  # type: ignore[arg-type]
+    async with engine_for(settings) as engine:
         yield settings, engine
-    finally:
-        await engine.dispose()
 
 
 def _aad(i: int) -> bytes:

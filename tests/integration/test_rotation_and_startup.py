@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 from tests.support.gk import (
     Database,
     Server,
+    engine_for,
     free_port,
     master_key,
     new_database,
@@ -36,7 +37,6 @@ from grantkeeper.errors import ConfigError
 from grantkeeper.rotation import count_pending, probe, rotate
 from grantkeeper.store import integrations as integration_store
 from grantkeeper.store.db import create_engine
-from grantkeeper.store.migrate import upgrade
 from grantkeeper.store.tables import environments
 from grantkeeper.vault import Keyring, Vault, aad_for
 
@@ -476,21 +476,15 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def rotation_db(backend: str, tmp_path: Path) -> Iterator[Database]:
-    db = new_database(backend, tmp_path)
-    upgrade(db.url)
-    try:
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture
-async def seeded(rotation_db: Database) -> AsyncIterator[tuple[Any, Vault, str, str, Database]]:
-    db = rotation_db
+async def seeded(database: Database) -> AsyncIterator[tuple[Any, Vault, str, str, Database]]:
+    db = database
     key_a, key_b = master_key("ka"), master_key("kb")
-    engine = create_engine(Settings(database_url=db.url, master_keys=key_a))  # type: ignore[arg-type]
-    old = Vault(Keyring.parse(key_a))
+    async with engine_for(Settings(database_url=db.url, master_keys=key_a)) as engine:  # type: ignore[arg-type]
+        await _seed(engine, Vault(Keyring.parse(key_a)))
+        yield engine, Vault(Keyring.parse(f"{key_b},{key_a}")), key_a, key_b, db
+
+
+async def _seed(engine: Any, old: Vault) -> None:
     async with engine.begin() as conn:
         env_id = "00000000-0000-4000-8000-000000000001"
         await conn.execute(environments.insert().values(id=env_id, name="default", created_at=1.0))
@@ -513,10 +507,6 @@ async def seeded(rotation_db: Database) -> AsyncIterator[tuple[Any, Vault, str, 
                 },
                 1.0,
             )
-    try:
-        yield engine, Vault(Keyring.parse(f"{key_b},{key_a}")), key_a, key_b, db
-    finally:
-        await engine.dispose()
 
 
 @pytest.mark.anyio

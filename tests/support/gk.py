@@ -18,13 +18,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from grantkeeper.config import Settings
 
 PG_ADMIN_DSN = os.environ.get("GRANTKEEPER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgres")
@@ -273,6 +278,40 @@ def backend(request: pytest.FixtureRequest) -> str:
     if b == "postgres":
         require_postgres()
     return b
+
+
+@pytest.fixture
+def database(backend: str, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database of each backend, migrated to the head revision (no process runs on it)."""
+    from grantkeeper.store.migrate import upgrade
+
+    db = new_database(backend, tmp_path)
+    upgrade(db.url)
+    try:
+        yield db
+    finally:
+        db.drop()
+
+
+@contextlib.asynccontextmanager
+async def engine_for(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The engine a process with ``settings`` opens, disposed on exit."""
+    from grantkeeper.store.db import create_engine
+
+    eng = create_engine(settings)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``database`` (async tests: mark them ``anyio``)."""
+    from grantkeeper.config import Settings
+
+    async with engine_for(Settings(database_url=database.url, master_keys=master_key(), db_pool_size=8)) as eng:  # type: ignore[arg-type]
+        yield eng
 
 
 @pytest.fixture
