@@ -61,7 +61,7 @@ from grantkeeper.errors import (
 from grantkeeper.grants import grant_view, open_token, token_columns
 from grantkeeper.integrations import ResolvedIntegration, resolve
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, revoke_token, token_request
-from grantkeeper.providers.catalog import MINTING_MODES
+from grantkeeper.providers.catalog import MINTING_MODES, ProviderSpec
 from grantkeeper.providers.quirks import apply_refresh_request, apply_token_response
 from grantkeeper.refresh import lease
 from grantkeeper.refresh.policy import backoff
@@ -74,12 +74,23 @@ from grantkeeper.store.unavailable import DB_ERRORS
 
 __all__ = [
     "IssuedToken",
+    "Progress",
+    "RefreshedColumns",
     "drain",
     "ensure_fresh",
     "in_backoff",
+    "integration_failed",
+    "integration_recovered",
+    "keep_leased",
     "lease_budget",
+    "mark_invalid",
+    "persist_refreshed",
     "raise_for_status",
+    "record_failure",
     "refresh",
+    "refreshed_columns",
+    "release_lease",
+    "renew_lease",
 ]
 
 log = logging.getLogger(__name__)
@@ -290,7 +301,7 @@ async def drain(rt: Runtime, timeout: float) -> int:
     return len(still)
 
 
-class _Progress:
+class Progress:
     """Whether the provider may have acted on the refresh token (the lease must then
     stay), and whether a fenced write already dropped our lease."""
 
@@ -331,7 +342,7 @@ async def _refresh_leased(
         ):
             # somebody refreshed since the caller looked: use theirs
             if claimed:
-                await _release(rt, rec, owner)
+                await release_lease(rt, rec, owner)
             return rec
         if claimed:
             break
@@ -339,7 +350,7 @@ async def _refresh_leased(
             raise RefreshBusy("another process is refreshing this grant; retry shortly")
         await asyncio.sleep(delay)
         delay = min(delay * 1.6, 0.25)
-    progress = _Progress()
+    progress = Progress()
     try:
         return await _refresh_at_provider(rt, rec, owner, trigger, progress)
     finally:
@@ -348,10 +359,11 @@ async def _refresh_leased(
             # until the lease expires (a crash leaves it the same way)
             log.warning("grant %s: refresh outcome unknown; keeping the lease", rec.id)
         elif not progress.released:
-            await asyncio.shield(_release(rt, rec, owner))
+            await asyncio.shield(release_lease(rt, rec, owner))
 
 
-async def _release(rt: Runtime, rec: GrantRecord, owner: str) -> None:
+async def release_lease(rt: Runtime, rec: GrantRecord, owner: str) -> None:
+    """Give our lease up (only ours); if the database does not answer, it expires."""
     try:
         async with rt.engine.begin() as conn:
             await lease.release(conn, rec.environment_id, rec.id, owner)
@@ -359,7 +371,7 @@ async def _release(rt: Runtime, rec: GrantRecord, owner: str) -> None:
         log.warning("grant %s: could not release the refresh lease; it expires", rec.id)
 
 
-async def _renew(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
+async def renew_lease(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
     """Extend our lease; None when the database did not answer (the write will tell)."""
     try:
         async with rt.engine.begin() as conn:
@@ -368,14 +380,14 @@ async def _renew(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
         return None
 
 
-async def _keep_leased(rt: Runtime, rec: GrantRecord, owner: str) -> None:
+async def keep_leased(rt: Runtime, rec: GrantRecord, owner: str) -> None:
     """Renew our lease while the provider call is in flight: an answer may take longer
     than one lease term to arrive whole, and nobody else may present this refresh token
     meanwhile (the provider may already have rotated it)."""
     interval = max(0.5, lease_budget(rt) / 3)
     while True:
         await asyncio.sleep(interval)
-        if await _renew(rt, rec, owner) is False:
+        if await renew_lease(rt, rec, owner) is False:
             log.warning("grant %s: the refresh lease was lost during the provider call", rec.id)
             return
 
@@ -386,7 +398,7 @@ async def _read(rt: Runtime, rec: GrantRecord) -> GrantRecord | None:
 
 
 async def _refresh_at_provider(
-    rt: Runtime, rec: GrantRecord, owner: str, trigger: str, progress: _Progress
+    rt: Runtime, rec: GrantRecord, owner: str, trigger: str, progress: Progress
 ) -> GrantRecord:
     async with reading(rt.engine) as conn:
         integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
@@ -395,7 +407,7 @@ async def _refresh_at_provider(
     now = rt.clock.now()
     if integ.failure_code is not None and integ.retry_at is not None and integ.retry_at > now:
         # the provider refused the integration's client moments ago: wait for its backoff
-        await _record_failure(
+        await record_failure(
             rt, rec, owner, integ.failure_code, None, retry_at=integ.retry_at, count=False
         )
         raise _misconfigured(integ, now)
@@ -408,7 +420,7 @@ async def _refresh_at_provider(
         try:
             resolved = await resolve(rt, integ)
         except ProviderUnavailable as exc:
-            await _record_failure(
+            await record_failure(
                 rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after
             )
             raise
@@ -421,7 +433,7 @@ async def _refresh_at_provider(
         if resolved.resource:
             params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
     # the lease must outlast the call and every persist retry from here on
-    renewed = await _renew(rt, rec, owner)
+    renewed = await renew_lease(rt, rec, owner)
     if renewed is False:
         current = await _read(rt, rec)
         if current is None:
@@ -455,7 +467,7 @@ async def _refresh_at_provider(
             metrics.provider_latency.labels(spec.name, "refresh").observe(took)
 
     progress.unknown = True
-    heartbeat = asyncio.ensure_future(_keep_leased(rt, rec, owner))
+    heartbeat = asyncio.ensure_future(keep_leased(rt, rec, owner))
     try:
         try:
             tokens = await call()
@@ -472,7 +484,7 @@ async def _refresh_at_provider(
     except ProviderOutcomeUnknown as exc:
         metrics.refreshes.labels(spec.name, "unknown", trigger).inc()
         log.error("grant %s: refresh outcome unknown twice; the lease is kept", rec.id)
-        await _record_failure(
+        await record_failure(
             rt, rec, owner, "outcome_unknown", exc.detail, exc.retry_after, keep_lease=True
         )
         raise
@@ -481,25 +493,25 @@ async def _refresh_at_provider(
         # but so is a refused connection; the lease is released (documented trade-off)
         progress.unknown = False
         metrics.refreshes.labels(spec.name, "transient", trigger).inc()
-        await _record_failure(rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after)
+        await record_failure(rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after)
         raise
     except OAuthErrorResponse as exc:
         progress.unknown = False
         if exc.kind == "grant":
             metrics.refreshes.labels(spec.name, "invalid", trigger).inc()
-            return await _mark_invalid(rt, rec, owner, exc, progress)
+            return await mark_invalid(rt, rec, owner, exc, progress)
         if exc.kind == "integration":
             metrics.refreshes.labels(spec.name, "misconfigured", trigger).inc()
-            raise await _integration_failed(rt, rec, owner, integ, exc) from None
+            raise await integration_failed(rt, rec, owner, integ, exc) from None
         metrics.refreshes.labels(spec.name, "rejected", trigger).inc()
-        await _record_failure(rt, rec, owner, exc.error, exc.description, None)
+        await record_failure(rt, rec, owner, exc.error, exc.description, None)
         raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
     metrics.refreshes.labels(spec.name, "success", trigger).inc()
-    fresh = await _persist(rt, rec, owner, tokens, refresh_token, trigger, resolved)
+    fresh = await persist_refreshed(rt, rec, owner, tokens, refresh_token, trigger, resolved)
     progress.unknown = False
     progress.released = True
     if integ.failure_code is not None:
-        await _integration_recovered(rt, integ)
+        await integration_recovered(rt, integ)
     return fresh
 
 
@@ -512,18 +524,29 @@ def _misconfigured(integ: IntegrationRecord, now: float) -> IntegrationMisconfig
     )
 
 
-async def _persist(
+@dataclass(frozen=True, slots=True)
+class RefreshedColumns:
+    """What a successful refresh writes into the grant, and whether the provider rotated
+    the refresh token (the ``grant.refreshed`` audit row says so)."""
+
+    values: dict[str, Any]
+    rotated: bool
+
+
+def refreshed_columns(
     rt: Runtime,
+    spec: ProviderSpec,
     rec: GrantRecord,
-    owner: str,
     tokens: TokenSet,
     old_refresh_token: str | None,
-    trigger: str,
-    resolved: ResolvedIntegration | None,
-) -> GrantRecord:
-    """Commit the new generation before anything else; retry the write from memory."""
-    now = rt.clock.now()
-    spec = rt.catalog.get(rec.provider)
+    *,
+    now: float,
+) -> RefreshedColumns:
+    """The columns of the generation after ``rec``'s, sealed from the provider's answer:
+    tokens, expiry, scopes, the next due time, and the failure and backoff state cleared.
+
+    The generation number itself is not among them: the fenced write bumps it in SQL.
+    """
     stored = token_columns(
         rt,
         spec,
@@ -537,7 +560,7 @@ async def _persist(
         now=now,
     )
     values = dict(stored.columns)
-    values.pop("version")  # bumped in SQL by the fenced write
+    values.pop("version")
     if values["api_base_url"] is None:
         values["api_base_url"] = rec.api_base_url
     values.update(
@@ -549,11 +572,29 @@ async def _persist(
         failed_at=None,
     )
     rotated = tokens.refresh_token is not None and tokens.refresh_token != old_refresh_token
+    return RefreshedColumns(values, rotated)
+
+
+async def persist_refreshed(
+    rt: Runtime,
+    rec: GrantRecord,
+    owner: str,
+    tokens: TokenSet,
+    old_refresh_token: str | None,
+    trigger: str,
+    resolved: ResolvedIntegration | None,
+) -> GrantRecord:
+    """Commit the new generation before anything else; retry the write from memory."""
+    now = rt.clock.now()
+    refreshed = refreshed_columns(
+        rt, rt.catalog.get(rec.provider), rec, tokens, old_refresh_token, now=now
+    )
+    values, rotated = refreshed.values, refreshed.rotated
     last_exc: BaseException | None = None
     for attempt in range(PERSIST_ATTEMPTS):
         if attempt:
             await asyncio.sleep(PERSIST_DELAYS[min(attempt - 1, len(PERSIST_DELAYS) - 1)])
-            await _renew(rt, rec, owner)
+            await renew_lease(rt, rec, owner)
         try:
             async with rt.engine.begin() as conn:
                 ok = await lease.write_tokens(
@@ -635,7 +676,7 @@ async def _revoke_minted(
     log.warning("grant %s: could not revoke the tokens minted while it was deleted", grant_id)
 
 
-async def _record_failure(
+async def record_failure(
     rt: Runtime,
     rec: GrantRecord,
     owner: str,
@@ -681,13 +722,16 @@ async def _record_failure(
         log.warning("grant %s: could not record the refresh failure", rec.id)
 
 
-async def _integration_failed(
+async def integration_failed(
     rt: Runtime,
     rec: GrantRecord,
     owner: str,
     integ: IntegrationRecord,
     exc: OAuthErrorResponse,
 ) -> GrantkeeperError:
+    """The provider refused the integration's client (``invalid_client``,
+    ``unauthorized_client``): the integration backs off, the grant stays active; returns
+    the error to raise."""
     now = rt.clock.now()
     retry_at = now + backoff(
         integ.failure_attempts + 1, base=INTEGRATION_BACKOFF_BASE, cap=INTEGRATION_BACKOFF_CAP
@@ -710,7 +754,7 @@ async def _integration_failed(
             )
     except DB_ERRORS:
         log.warning("integration %s: could not record the failure", integ.id)
-    await _record_failure(rt, rec, owner, exc.error, exc.description, retry_at=retry_at)
+    await record_failure(rt, rec, owner, exc.error, exc.description, retry_at=retry_at)
     return IntegrationMisconfigured(
         f"the provider refuses the client of integration {integ.id!r} ({exc.error}); "
         "the grant stays active and is retried automatically",
@@ -718,7 +762,8 @@ async def _integration_failed(
     )
 
 
-async def _integration_recovered(rt: Runtime, integ: IntegrationRecord) -> None:
+async def integration_recovered(rt: Runtime, integ: IntegrationRecord) -> None:
+    """The provider accepted the integration's client again: clear its ``failing`` state."""
     try:
         async with rt.engine.begin() as conn:
             await integration_store.clear_failure(conn, integ.environment_id, integ.id)
@@ -727,9 +772,11 @@ async def _integration_recovered(rt: Runtime, integ: IntegrationRecord) -> None:
         log.warning("integration %s: could not clear the failure", integ.id)
 
 
-async def _mark_invalid(
-    rt: Runtime, rec: GrantRecord, owner: str, exc: OAuthErrorResponse, progress: _Progress
+async def mark_invalid(
+    rt: Runtime, rec: GrantRecord, owner: str, exc: OAuthErrorResponse, progress: Progress
 ) -> GrantRecord:
+    """A grant-level refusal (``invalid_grant``): ``invalid`` only if nobody stored a newer
+    generation meanwhile (then that one is returned); one ``grant.invalid`` event."""
     now = rt.clock.now()
     description = exc.description or "the provider refused the refresh token"
     async with rt.engine.begin() as conn:

@@ -35,7 +35,7 @@ from grantkeeper.errors import (
     ProviderUnavailable,
     RefreshBusy,
 )
-from grantkeeper.grants import open_token, token_columns
+from grantkeeper.grants import open_token
 from grantkeeper.integrations import ResolvedIntegration, resolve
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
 from grantkeeper.providers.catalog import MINTING_MODES
@@ -247,7 +247,7 @@ class _Pipeline:
                 return
             assert integ is not None
             wait = self.budget - self.call_budget - (time.monotonic() - claimed)
-            progress = engine._Progress()
+            progress = engine.Progress()
             try:
                 try:
                     async with self.calls, self.slots.slot(_host(res.token_url), max(wait, 0.0)):
@@ -257,13 +257,13 @@ class _Pipeline:
                         # the claim's lease may have run out while this grant waited for
                         # a slot on a loaded machine: another holder may be presenting the
                         # same refresh token right now, so never call without renewing it
-                        if await engine._renew(rt, rec, self.owner) is False:
+                        if await engine.renew_lease(rt, rec, self.owner) is False:
                             return
                         started = True
                         progress.unknown = True
                         # kept leased until the new generation is stored: an answer or a
                         # batched write may take longer than one lease term
-                        heartbeat = asyncio.ensure_future(engine._keep_leased(rt, rec, self.owner))
+                        heartbeat = asyncio.ensure_future(engine.keep_leased(rt, rec, self.owner))
                         try:
                             # the slot covers the provider call only, not the write
                             fetched = await self.fetch(rec, integ, res, progress)
@@ -285,7 +285,7 @@ class _Pipeline:
                     if progress.unknown:
                         log.warning("grant %s: refresh outcome unknown; keeping the lease", rec.id)
                     elif not progress.released:
-                        await asyncio.shield(engine._release(rt, rec, self.owner))
+                        await asyncio.shield(engine.release_lease(rt, rec, self.owner))
         except GrantkeeperError as exc:
             log.info("proactive refresh of grant %s: %s", rec.id, exc.code)
         except asyncio.CancelledError:
@@ -301,7 +301,7 @@ class _Pipeline:
         rec: GrantRecord,
         integ: IntegrationRecord,
         res: ResolvedIntegration,
-        progress: engine._Progress,
+        progress: engine.Progress,
     ) -> tuple[TokenSet, str] | None:
         """The provider call, and the engine's failure classes with its helpers (same
         events, audit rows and backoff). None: handled (the grant went invalid)."""
@@ -345,14 +345,14 @@ class _Pipeline:
         except ProviderOutcomeUnknown as exc:
             metrics.refreshes.labels(spec.name, "unknown", "proactive").inc()
             log.error("grant %s: refresh outcome unknown twice; the lease is kept", rec.id)
-            await engine._record_failure(
+            await engine.record_failure(
                 rt, rec, owner, "outcome_unknown", exc.detail, exc.retry_after, keep_lease=True
             )
             raise
         except ProviderUnavailable as exc:
             progress.unknown = False
             metrics.refreshes.labels(spec.name, "transient", "proactive").inc()
-            await engine._record_failure(
+            await engine.record_failure(
                 rt, rec, owner, "provider_unavailable", exc.detail, exc.retry_after
             )
             raise
@@ -360,13 +360,13 @@ class _Pipeline:
             progress.unknown = False
             if exc.kind == "grant":
                 metrics.refreshes.labels(spec.name, "invalid", "proactive").inc()
-                await engine._mark_invalid(rt, rec, owner, exc, progress)
+                await engine.mark_invalid(rt, rec, owner, exc, progress)
                 return None
             if exc.kind == "integration":
                 metrics.refreshes.labels(spec.name, "misconfigured", "proactive").inc()
-                raise await engine._integration_failed(rt, rec, owner, integ, exc) from None
+                raise await engine.integration_failed(rt, rec, owner, integ, exc) from None
             metrics.refreshes.labels(spec.name, "rejected", "proactive").inc()
-            await engine._record_failure(rt, rec, owner, exc.error, exc.description, None)
+            await engine.record_failure(rt, rec, owner, exc.error, exc.description, None)
             raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
         metrics.refreshes.labels(spec.name, "success", "proactive").inc()
         return tokens, refresh_token
@@ -377,45 +377,23 @@ class _Pipeline:
         integ: IntegrationRecord,
         res: ResolvedIntegration,
         fetched: tuple[TokenSet, str],
-        progress: engine._Progress,
+        progress: engine.Progress,
     ) -> None:
         """Durable first: the new generation through the group-committing writer."""
         rt = self.rt
         tokens, refresh_token = fetched
         now = rt.clock.now()
-        stored = token_columns(
-            rt,
-            res.spec,
-            environment_id=rec.environment_id,
-            grant_id=rec.id,
-            version=rec.version + 1,
-            tokens=tokens,
-            previous_refresh_token=refresh_token,
-            previous_scopes=rec.scopes,
-            requested_scopes=None,
-            now=now,
-        )
-        values = dict(stored.columns)
-        values.pop("version")  # bumped in SQL by the fenced write
-        if values["api_base_url"] is None:
-            values["api_base_url"] = rec.api_base_url
-        values.update(
-            last_refreshed_at=now,
-            refresh_attempts=0,
-            retry_at=None,
-            failure_code=None,
-            failure_description=None,
-            failed_at=None,
-        )
-        rotated = tokens.refresh_token is not None and tokens.refresh_token != refresh_token
-        if not await self.writer.write(_Done(rec, values, rotated, now)):
+        refreshed = engine.refreshed_columns(rt, res.spec, rec, tokens, refresh_token, now=now)
+        if not await self.writer.write(_Done(rec, refreshed.values, refreshed.rotated, now)):
             # fence missed or the database failed: the engine re-reads, retries, waits for
             # another lease holder, revokes tokens minted for a grant deleted meanwhile
-            await engine._persist(rt, rec, self.owner, tokens, refresh_token, "proactive", res)
+            await engine.persist_refreshed(
+                rt, rec, self.owner, tokens, refresh_token, "proactive", res
+            )
         progress.unknown = False
         progress.released = True
         if integ.failure_code is not None:
-            await engine._integration_recovered(rt, integ)
+            await engine.integration_recovered(rt, integ)
 
 
 async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
