@@ -276,7 +276,7 @@ async def test_lease_claim_renew_release(engine: AsyncEngine, envs: tuple[str, s
         assert await lease.claim(conn, a, gid, "p1", 30) is True
         assert await lease.claim(conn, a, gid, "p2", 30) is False  # exclusive
         assert await lease.claim(conn, a, gid, "p1", 30) is True  # re-entrant
-        assert await lease.renew(conn, a, gid, "p2", 30) is False  # not the owner
+        assert await lease.renew(conn, a, gid, "p2", 30, 1) is False  # not the owner
         assert await lease.claim(conn, b, gid, "p3", 30) is False  # other environment
         assert await lease.release(conn, a, gid, "p2") is False  # not the owner: no effect
         rec = await grants.get(conn, a, gid)
@@ -295,7 +295,7 @@ async def test_lease_claim_renew_release(engine: AsyncEngine, envs: tuple[str, s
     async with engine.begin() as conn:
         assert await lease.claim(conn, a, gid, "p3", 30) is True  # p2's lease expired
         # p2 comes back late: its lease is gone, its write must not land
-        assert await lease.renew(conn, a, gid, "p2", 30) is False
+        assert await lease.renew(conn, a, gid, "p2", 30, 1) is False
         assert await lease.write_tokens(conn, a, gid, "p2", 1, {"access_token_ct": b"\x01late"}) is False
         await grants.update_grant(conn, a, gid, {"status": "invalid"})
         assert await lease.claim(conn, a, gid, "p3", 30) is False  # only active grants
@@ -304,6 +304,30 @@ async def test_lease_claim_renew_release(engine: AsyncEngine, envs: tuple[str, s
     async with reading(engine) as conn:
         rec = await grants.get(conn, a, gid)
     assert rec is not None and rec.version == 1 and rec.access_token_ct == b"\x01access"
+
+
+async def test_lease_renewal_is_refused_once_another_holder_stored_a_generation(
+    engine: AsyncEngine, envs: tuple[str, str]
+) -> None:
+    """The chaos run under load: a worker's claim expired while it waited for a provider
+    slot; another process took the lease, refreshed, stored generation 2 and let the lease
+    go; the worker's renewal then re-took the free lease and presented the refresh token
+    of generation 1, which the provider had already rotated (reuse: the grant died).
+    A renewal is for the generation the holder read; after a newer one it is refused."""
+    a, _ = envs
+    gid = await add_grant(engine, a)
+    async with engine.begin() as conn:
+        assert await lease.claim(conn, a, gid, "worker", 0.3) is True
+    await asyncio.sleep(0.5)  # the worker waits for a provider slot; its claim runs out
+    async with engine.begin() as conn:
+        assert await lease.claim(conn, a, gid, "api", 30) is True
+        assert await lease.write_tokens(conn, a, gid, "api", 1, {"refresh_token_ct": b"\x01rt2"}) is True
+    async with engine.begin() as conn:
+        # the worker still holds generation 1's refresh token
+        assert await lease.renew(conn, a, gid, "worker", 30, 1) is False
+        rec = await grants.get(conn, a, gid)
+        assert rec is not None and rec.lease_owner is None and rec.version == 2
+        assert await lease.renew(conn, a, gid, "worker", 30, 2) is True  # current generation
 
 
 async def test_lease_write_tokens_bumps_the_generation_in_sql(engine: AsyncEngine, envs: tuple[str, str]) -> None:

@@ -10,7 +10,10 @@ How one refresh stays one, and how a rotated refresh token is never dropped:
 2. Cross-process lease (``refresh.lease``): claimed before anything else, renewed
    before the provider call (for a budget covering the call and the persist
    retries) and before each persist retry, released only by its owner and only when
-   the outcome is known. Lease arithmetic uses the database's clock.
+   the outcome is known. A renewal also re-takes an expired lease, but only while the
+   generation read with it is still the stored one (otherwise its refresh token was
+   spent by a process that held the grant meanwhile). Lease arithmetic uses the
+   database's clock.
 3. Fencing: the new generation is written only into an ``active`` grant still at the
    generation read, whose lease is ours (or free); the generation is bumped in SQL.
    Tokens minted for a grant that was deleted meanwhile are revoked at the provider.
@@ -372,10 +375,14 @@ async def release_lease(rt: Runtime, rec: GrantRecord, owner: str) -> None:
 
 
 async def renew_lease(rt: Runtime, rec: GrantRecord, owner: str) -> bool | None:
-    """Extend our lease; None when the database did not answer (the write will tell)."""
+    """Extend our lease while ``rec``'s generation is the stored one; False: another owner
+    holds the grant, it left ``active``, or a newer generation was stored (``rec``'s refresh
+    token is spent); None when the database did not answer (the write will tell)."""
     try:
         async with rt.engine.begin() as conn:
-            return await lease.renew(conn, rec.environment_id, rec.id, owner, lease_budget(rt))
+            return await lease.renew(
+                conn, rec.environment_id, rec.id, owner, lease_budget(rt), rec.version
+            )
     except DB_ERRORS:
         return None
 
@@ -388,7 +395,7 @@ async def keep_leased(rt: Runtime, rec: GrantRecord, owner: str) -> None:
     while True:
         await asyncio.sleep(interval)
         if await renew_lease(rt, rec, owner) is False:
-            log.warning("grant %s: the refresh lease was lost during the provider call", rec.id)
+            log.warning("grant %s: the refresh lease is no longer ours to renew", rec.id)
             return
 
 

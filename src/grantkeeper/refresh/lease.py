@@ -94,11 +94,29 @@ async def claim(
 
 
 async def renew(
-    conn: AsyncConnection, environment_id: str, grant_id: str, owner: str, seconds: float
+    conn: AsyncConnection,
+    environment_id: str,
+    grant_id: str,
+    owner: str,
+    seconds: float,
+    version: int,
 ) -> bool:
     """Extend our lease to ``seconds`` from now; also re-take it if it expired and nobody
-    else took it meanwhile. False: the grant left ``active`` or another owner holds it."""
-    return await claim(conn, environment_id, grant_id, owner, seconds)
+    else took it meanwhile, but only while the grant is still at ``version``, the generation
+    whose refresh token we hold: another holder may have taken the expired lease, refreshed
+    and let go (re-taking it then would present a spent refresh token). False: the grant
+    left ``active``, moved past ``version``, or another owner holds it."""
+    r = await conn.execute(
+        update(grants)
+        .where(
+            *_row(environment_id, grant_id),
+            grants.c.status == "active",
+            grants.c.version == version,
+            _free_or_ours(conn, owner),
+        )
+        .values(lease_owner=owner, lease_until=db_now(conn) + seconds)
+    )
+    return r.rowcount > 0
 
 
 async def release(conn: AsyncConnection, environment_id: str, grant_id: str, owner: str) -> bool:

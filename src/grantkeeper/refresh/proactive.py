@@ -255,9 +255,15 @@ class _Pipeline:
                             await self.give_back(rec)
                             return
                         # the claim's lease may have run out while this grant waited for
-                        # a slot on a loaded machine: another holder may be presenting the
-                        # same refresh token right now, so never call without renewing it
+                        # a slot on a loaded machine: another process may be presenting this
+                        # refresh token right now, or may have spent it and stored the next
+                        # generation already; the renewal is fenced on both
                         if await engine.renew_lease(rt, rec, self.owner) is False:
+                            log.info(
+                                "grant %s: the claim ran out and another process has the "
+                                "grant or refreshed it; giving it up",
+                                rec.id,
+                            )
                             return
                         started = True
                         progress.unknown = True
