@@ -597,7 +597,15 @@ def main() -> None:  # noqa: C901 (one linear script)
         seen = collections.defaultdict(set, tally.seen)
         for gid, tags in final.seen.items():
             seen[gid] |= tags
-        att = attribute(stats.get("token_log", []), ev.kills, args.window, lost_ids, seen)
+        failed_at = {
+            str(r["id"]): float(r["failed_at"])
+            for r in _pg_fetch(
+                db_url, "SELECT id, failed_at FROM grants WHERE failed_at IS NOT NULL"
+            )
+        }
+        att = attribute(
+            stats.get("token_log", []), ev.kills, args.window, lost_ids, seen, failed_at
+        )
         if args.keep:  # the raw material of the attribution, for a second look
             (tmp / "token_log.json").write_text(json.dumps(stats.get("token_log", [])))
             (tmp / "kills.json").write_text(json.dumps([[t, sorted(p), v] for t, p, v in ev.kills]))
@@ -683,6 +691,7 @@ def attribute(
     window: float,
     lost_ids: list[str],
     seen: dict[str, set[str]],
+    failed_at: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Tie each reused refresh token, and each lost grant, to a ``kill -9`` window or not.
 
@@ -691,8 +700,10 @@ def attribute(
     connection of a process that was ``kill -9``-ed within ``window`` seconds after it
     (or while it was in flight): the vault had no chance to commit the rotated token.
     A lost grant is excused when its provider grant (found through the access tokens the
-    readers were handed for it) had such an excused reuse; a lost grant with no reuse, or
-    with an unexcused one, is "outside". ``kill_windows`` is the old upper bound (every
+    readers were handed for it) had such an excused reuse. A lost grant the readers never
+    got a token of is tied by time instead: the provider refused a reused token in the
+    3 s before the vault recorded the grant's failure, and every such refusal then was an
+    excused reuse (any unexcused one nearby, or none at all, leaves it "outside"). ``kill_windows`` is the old upper bound (every
     refresh answer in a window), kept for comparison.
     """
 
@@ -738,9 +749,20 @@ def attribute(
                 k: first.get(k) for k in ("port", "t0", "t1", "status")},
         })  # fmt: skip
     lost_inside = 0
+    refusals: list[tuple[float, bool]] = []  # (answer end, excused) of refused reuses
+    for e in refreshes:
+        if e.get("reuse") and e.get("t1") is not None:
+            first = consumer.get(e.get("rt", ""))
+            refusals.append((float(e["t1"]), first is not None and window_of(first) is not None))
     for gid in lost_ids:
         pgrants = {grant_of_at[t] for t in seen.get(gid, ()) if t in grant_of_at}
-        if pgrants & excused_grants:
+        at = (failed_at or {}).get(gid)
+        near = [
+            ok
+            for t1, ok in refusals
+            if at is not None and at * 1000 - 3000 <= t1 <= at * 1000 + 100
+        ]
+        if pgrants & excused_grants or (not pgrants and near and all(near)):
             lost_inside += 1
         else:
             outside.append({"what": "lost", "grant_id": gid, "provider_grants": sorted(pgrants)})
