@@ -18,10 +18,12 @@ transaction holding id 10 may commit after id 11 was sealed, however long after.
 an event is simply appended when it becomes visible; nothing depends on id order or on
 application clocks, so no commit order can make the chain look tampered with. (An
 earlier design linked in id order behind a 5-second horizon of application time, and a
-slow transaction made ``audit verify`` fail without any tampering.) On PostgreSQL a
-transaction-scoped advisory lock lets exactly one sealer run at a time; on SQLite the
-sealing transaction's ``BEGIN IMMEDIATE`` does; each pass re-reads the chain heads
-inside that lock. :data:`SEAL_HORIZON` only batches work.
+slow transaction made ``audit verify`` fail without any tampering.) Environments' chains
+are independent: on PostgreSQL a transaction-scoped advisory lock per environment lets
+exactly one sealer link a given chain at a time while other workers seal other
+environments; on SQLite the sealing transaction's ``BEGIN IMMEDIATE`` serialises them
+all. Each pass re-reads the chain head and the unsealed events inside that lock.
+:data:`SEAL_HORIZON` only batches work.
 
 **What ``verify`` detects** (:func:`verify`, walking ``chain_seq`` order): an edited
 event (its hash no longer matches; the hash covers the id), a deleted one (the next
@@ -53,7 +55,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -135,34 +138,61 @@ class Sealer:
     batch: int = _BATCH
     #: events this sealer has linked so far
     sealed: int = 0
+    #: whether the last step left due events behind (it sealed a full batch of a chain):
+    #: the worker comes back at once instead of after its interval
+    more: bool = False
+    #: where the next pass starts in its list of environments (see ``step``); each sealer
+    #: starts somewhere else, so two passing at once mostly begin with different chains
+    _turn: int = field(default_factory=lambda: secrets.randbelow(1 << 16), init=False, repr=False)
 
     async def step(self, engine: AsyncEngine, now: float) -> int:
-        """Seal one batch of what is due; returns how many it linked (0: nothing for now)."""
+        """Seal one batch of what is due; returns how many it linked (0: nothing for now).
+
+        Each environment's chain is sealed in a transaction of its own under that
+        environment's lock, so sealers in several workers link different environments
+        in parallel and never the same chain at once. Each pass starts one environment
+        further along its list (each sealer somewhere else), so sealers spread out
+        instead of queueing in the same order.
+        """
         cutoff = now - self.horizon
-        # a read first, so an idle pass never takes SQLite's write lock
+        # a read first, without a lock, so an idle pass never takes SQLite's write lock
         async with reading(engine) as conn:
-            if not await store.unsealed(conn, 1, before=cutoff):
-                return 0
+            due = await store.unsealed_environments(conn, self.batch, before=cutoff)
+        self.more = False
+        if not due:
+            return 0
         key = self.vault.derive_key(_PURPOSE)
+        start = self._turn % len(due)
+        self._turn += 1
+        linked = 0
+        for env, from_id in due[start:] + due[:start]:
+            linked += await self._seal_chain(engine, key, env, from_id, cutoff)
+        if linked:
+            self.sealed += linked
+            log.debug("sealed %d audit events", linked)
+        return linked
+
+    async def _seal_chain(
+        self, engine: AsyncEngine, key: bytes, env: str, from_id: int, cutoff: float
+    ) -> int:
         async with engine.begin() as conn:
-            if not await store.lock_sealer(conn):
-                return 0  # another process is sealing
-            rows = await store.unsealed(conn, self.batch, before=cutoff)
-            heads: dict[str, tuple[int, str]] = {}
+            if not await store.lock_sealer(conn, env):
+                return 0  # another sealer is linking this chain right now
+            # read under the lock: the head and the unsealed rows as the last sealer left them
+            rows = await store.unsealed(
+                conn, self.batch, before=cutoff, environment_id=env, from_id=from_id
+            )
+            head = await store.chain_head(conn, env) if rows else None
+            seq, head_hash = head if head is not None else (0, GENESIS)
             links: list[tuple[int, str, str, int, float]] = []
             for row in rows:
-                env = str(row["environment_id"])
-                if env not in heads:
-                    head = await store.chain_head(conn, env)
-                    heads[env] = head if head is not None else (0, GENESIS)
-                seq, head_hash = heads[env]
                 h = link_hash(key, head_hash, row)
-                links.append((int(row["id"]), head_hash, h, seq + 1, float(row["at"])))
-                heads[env] = (seq + 1, h)
+                seq += 1
+                links.append((int(row["id"]), head_hash, h, seq, float(row["at"])))
+                head_hash = h
             await store.set_links(conn, links)
-        if links:
-            self.sealed += len(links)
-            log.debug("sealed %d audit events", len(links))
+        if len(rows) >= self.batch:
+            self.more = True
         return len(links)
 
 
@@ -388,7 +418,7 @@ async def prune(
     keys = chain_keys(vault)
     async with engine.begin() as conn:
         # one pruner at a time, and never while the sealer extends the chain
-        await store.lock_sealer(conn, wait=True)
+        await store.lock_sealer(conn, environment_id, wait=True)
         cp = await store.get_checkpoint(conn, environment_id)
         if cp is not None and not _checkpoint_ok(keys, cp):
             log.error(

@@ -22,6 +22,7 @@ from grantkeeper.metrics import Metrics
 from grantkeeper.netguard import GuardedConnector
 from grantkeeper.oauth.discovery import DiscoveryCache
 from grantkeeper.providers import Catalog, load_catalog
+from grantkeeper.ratelimit import Limiter
 from grantkeeper.store.db import create_engine
 from grantkeeper.store.hotpath import HotPath
 from grantkeeper.vault import Vault
@@ -58,6 +59,8 @@ class Runtime:
     draining: bool = False
     #: grant counts by status for /metrics and the dashboard (an estimate, ``grant_counts_ttl``)
     counts: CachedCounts = field(default_factory=lambda: CachedCounts(30.0))
+    #: this process's reserved rate-limit tokens (the buckets themselves are in the database)
+    limiter: Limiter = field(default_factory=Limiter)
 
     async def close(self) -> None:
         if self.hotpath is not None:

@@ -7,6 +7,7 @@ it seals them (``chain_seq``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +34,12 @@ __all__ = [
     "last_detail",
     "set_links",
     "unsealed",
+    "unsealed_environments",
 ]
 
-#: pg_advisory_xact_lock key of the sealer ("gk-audit" in ASCII)
-_SEALER_LOCK = 0x676B2D6175646974
+#: first half of the sealer's two-key pg_advisory_xact_lock ("gkac" in ASCII); the second
+#: half names the environment (a separate key space from the one-key locks)
+_SEALER_LOCK = 0x676B6163
 
 #: detail keys that would mean a secret is being written to the audit log (a programming
 #: error); the audit trail correlates tokens by grant generation, never by value
@@ -152,29 +155,61 @@ async def last_detail(
 # ---------------------------------------------------------------- the chain
 
 
-async def lock_sealer(conn: AsyncConnection, *, wait: bool = False) -> bool:
-    """Only one sealer (or pruner) at a time: a transaction-scoped advisory lock on
-    PostgreSQL; ``wait`` waits for it instead of giving up.
+def _env_lock_key(environment_id: str) -> int:
+    """A stable signed 32-bit number for the environment (the same in every process; two
+    environments that share one only take turns)."""
+    return int.from_bytes(hashlib.sha256(environment_id.encode()).digest()[:4], "big", signed=True)
 
-    On SQLite the sealing transaction's ``BEGIN IMMEDIATE`` already excludes other writers.
+
+async def lock_sealer(conn: AsyncConnection, environment_id: str, *, wait: bool = False) -> bool:
+    """One sealer (or pruner) per environment's chain at a time; other environments seal in
+    parallel.
+
+    PostgreSQL: a transaction-scoped advisory lock on (sealer, environment), tried, not
+    waited for (another sealer is linking that chain: skip it), unless ``wait``. SQLite:
+    the sealing transaction's ``BEGIN IMMEDIATE`` already excludes every other writer.
     """
     if conn.dialect.name != "postgresql":
         return True
+    keys = {"k1": _SEALER_LOCK, "k2": _env_lock_key(environment_id)}
     if wait:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SEALER_LOCK})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"), keys)
         return True
-    got = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SEALER_LOCK})
+    got = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k1, :k2)"), keys)
     return bool(got)
 
 
-async def unsealed(conn: AsyncConnection, limit: int, *, before: float) -> list[dict[str, Any]]:
-    """Events not sealed yet, written before ``before``, lowest id first (partial index)."""
-    q = (
-        select(audit_events)
+async def unsealed_environments(
+    conn: AsyncConnection, limit: int, *, before: float
+) -> list[tuple[str, int]]:
+    """(environment, lowest unsealed id) among the first ``limit`` unsealed events written
+    before ``before`` (partial index), the environment with the oldest event first."""
+    first = (
+        select(audit_events.c.environment_id, audit_events.c.id)
         .where(audit_events.c.hash.is_(None), audit_events.c.at < before)
         .order_by(audit_events.c.id)
         .limit(limit)
+        .subquery()
     )
+    low = func.min(first.c.id)
+    q = select(first.c.environment_id, low).group_by(first.c.environment_id).order_by(low)
+    return [(str(e), int(i)) for e, i in (await conn.execute(q)).all()]
+
+
+async def unsealed(
+    conn: AsyncConnection,
+    limit: int,
+    *,
+    before: float,
+    environment_id: str | None = None,
+    from_id: int = 0,
+) -> list[dict[str, Any]]:
+    """Events not sealed yet, written before ``before``, lowest id first; of one environment
+    from id ``from_id`` on (its first unsealed id: the range scan starts there)."""
+    q = select(audit_events).where(audit_events.c.hash.is_(None), audit_events.c.at < before)
+    if environment_id is not None:
+        q = q.where(audit_events.c.environment_id == environment_id, audit_events.c.id >= from_id)
+    q = q.order_by(audit_events.c.id).limit(limit)
     return [dict(m) for m in (await conn.execute(q)).mappings().all()]
 
 
