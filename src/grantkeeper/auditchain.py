@@ -507,7 +507,7 @@ async def _drop_month(
     dropped = 0
     async with engine.begin() as conn:
         await conn.execute(text(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}s'"))
-        await store.lock_sealer(conn, wait=True)
+        await store.lock_all_chains(conn)
         for env, top, count, unsealed in await store.month_heads(conn, m.name):
             if unsealed:
                 raise _NotYet(f"{unsealed} events of environment {env} are not sealed yet")

@@ -53,7 +53,7 @@ async def ensure_months(engine: AsyncEngine, now: float) -> list[auditparts.Mont
     async with engine.begin() as conn:
         # never queue for long behind a long transaction (inserts would queue behind us)
         await conn.execute(text("SET LOCAL lock_timeout = '2s'"))
-        await audit_store.lock_sealer(conn, wait=True)  # one creator at a time
+        await audit_store.lock_all_chains(conn)  # one creator at a time
         made = await auditparts.ensure_ahead(conn, now)
     if made:
         log.info("created audit partitions %s", ", ".join(m.name for m in made))

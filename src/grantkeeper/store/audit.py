@@ -30,6 +30,7 @@ __all__ = [
     "put_checkpoint",
     "list_events",
     "month_heads",
+    "lock_all_chains",
     "lock_sealer",
     "last_detail",
     "set_links",
@@ -37,6 +38,9 @@ __all__ = [
     "unsealed_environments",
 ]
 
+#: one-key advisory lock ("gk-audit" in ASCII): every sealer and pruner holds it shared,
+#: work on all chains at once holds it exclusively
+_ALL_CHAINS_LOCK = 0x676B2D6175646974
 #: first half of the sealer's two-key pg_advisory_xact_lock ("gkac" in ASCII); the second
 #: half names the environment (a separate key space from the one-key locks)
 _SEALER_LOCK = 0x676B6163
@@ -166,17 +170,31 @@ async def lock_sealer(conn: AsyncConnection, environment_id: str, *, wait: bool 
     parallel.
 
     PostgreSQL: a transaction-scoped advisory lock on (sealer, environment), tried, not
-    waited for (another sealer is linking that chain: skip it), unless ``wait``. SQLite:
-    the sealing transaction's ``BEGIN IMMEDIATE`` already excludes every other writer.
+    waited for (another sealer is linking that chain: skip it), unless ``wait``; plus the
+    all-chains lock held shared (see :func:`lock_all_chains`). SQLite: the sealing
+    transaction's ``BEGIN IMMEDIATE`` already excludes every other writer.
     """
     if conn.dialect.name != "postgresql":
         return True
-    keys = {"k1": _SEALER_LOCK, "k2": _env_lock_key(environment_id)}
+    keys = {"g": _ALL_CHAINS_LOCK, "k1": _SEALER_LOCK, "k2": _env_lock_key(environment_id)}
     if wait:
+        # shared first, then the chain's own: the order every waiter takes them in
+        await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:g)"), keys)
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"), keys)
         return True
-    got = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k1, :k2)"), keys)
+    got = await conn.scalar(
+        text("SELECT pg_try_advisory_xact_lock_shared(:g) AND pg_try_advisory_xact_lock(:k1, :k2)"),
+        keys,
+    )
     return bool(got)
+
+
+async def lock_all_chains(conn: AsyncConnection) -> None:
+    """Every environment's chain at once, waiting for the sealers and pruners in progress
+    (which hold this lock shared): for what spans environments, such as dropping a month's
+    partition or creating partitions. SQLite: ``BEGIN IMMEDIATE`` already does."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:g)"), {"g": _ALL_CHAINS_LOCK})
 
 
 async def unsealed_environments(
