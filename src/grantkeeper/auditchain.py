@@ -417,7 +417,7 @@ async def prune(
         return 0
     keys = chain_keys(vault)
     async with engine.begin() as conn:
-        # one pruner at a time, and never while the sealer extends the chain
+        # one pruner of this chain at a time, and never while a sealer extends it
         await store.lock_sealer(conn, environment_id, wait=True)
         cp = await store.get_checkpoint(conn, environment_id)
         if cp is not None and not _checkpoint_ok(keys, cp):
