@@ -292,7 +292,7 @@ def main() -> None:
     ap.add_argument(
         "what", nargs="?", default="all", choices=["all", "rate", "sealer", "sealer-child"]
     )
-    ap.add_argument("--base", default="2abc51c")
+    ap.add_argument("--base", default="0e377e4")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sealer-seconds", type=float, default=25.0)
