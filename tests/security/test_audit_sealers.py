@@ -188,3 +188,19 @@ def test_worker_comes_back_at_once_only_after_a_full_batch(backend: str, tmp_pat
         await _check_chains(engine, vault, ("env-a",))
 
     _with_engines(backend, tmp_path, 1, go)
+
+
+def test_postgres_work_on_all_chains_waits_for_no_sealer_and_holds_them_all(tmp_path: Path) -> None:
+    """Dropping a month's partition spans environments: it holds every chain at once."""
+    require_postgres()
+
+    async def go(engines: list[AsyncEngine], vault: Vault) -> None:
+        holder, sealing = engines
+        await _add(holder, ENVS, 3, time.time() - 60)
+        async with holder.begin() as conn:
+            await store.lock_all_chains(conn)
+            assert await seal(sealing, vault, time.time(), horizon=0) == 0
+        assert await seal(sealing, vault, time.time(), horizon=0) == 9
+        await _check_chains(holder, vault, ENVS)
+
+    _with_engines("postgres", tmp_path, 2, go)
