@@ -216,12 +216,15 @@ def render(r: dict[str, Any]) -> str:
             "Memory samples (reads, RSS MB): "
             + ", ".join(f"{a:,}: {b}" for a, b in mem["samples"]),
         ]
-    if pr:
-        out += [
-            "",
-            "Proactive refresh progress (s, refreshed): "
-            + ", ".join(f"{a}: {b:,}" for a, b in pr["progress"]),
-        ]
+    for key in ("proactive", "proactive_1m"):
+        pr = r.get(key)
+        if pr:
+            out += [
+                "",
+                f"Proactive refresh progress, {pr['grants']:,} grants (s, grants called at the "
+                "token endpoint; once all were called, grants refreshed): "
+                + ", ".join(f"{a}: {b:,}" for a, b in pr["progress"]),
+            ]
     out.append("")
     if NOTES.exists():
         out.append(NOTES.read_text())

@@ -424,7 +424,7 @@ async def _complete_claimed(
         form["code_verifier"] = verifier
     try:
         tokens = await token_request(
-            rt.http,
+            rt.token_http,
             resolved.token_url,
             resolved.client,
             form,

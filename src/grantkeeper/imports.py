@@ -51,7 +51,7 @@ async def import_grant(rt: Runtime, principal: Principal, body: ImportGrant) -> 
             params["resource"] = resolved.resource
         try:
             tokens = await token_request(
-                rt.http,
+                rt.token_http,
                 resolved.token_url,
                 resolved.client,
                 params,

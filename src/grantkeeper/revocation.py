@@ -77,7 +77,7 @@ async def _revoke_at_provider(rt: Runtime, rec: GrantRecord) -> Outcome | _Pendi
     for delay in (0.25, 0.5, None):
         try:
             await revoke_token(
-                rt.http,
+                rt.token_http,
                 resolved.revocation_url,
                 resolved.client,
                 token,
@@ -176,7 +176,7 @@ async def _retry_one(rt: Runtime, row: dict[str, Any]) -> None:
             else:
                 token = rt.vault.open_str(row["token_ct"], outbox_aad(env, row_id))
                 await revoke_token(
-                    rt.http,
+                    rt.token_http,
                     resolved.revocation_url,
                     resolved.client,
                     token,

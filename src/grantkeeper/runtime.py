@@ -21,6 +21,7 @@ from grantkeeper.errors import ConfigError
 from grantkeeper.metrics import Metrics
 from grantkeeper.netguard import GuardedConnector
 from grantkeeper.oauth.discovery import DiscoveryCache
+from grantkeeper.oauth.http1 import Http1Client
 from grantkeeper.providers import Catalog, load_catalog
 from grantkeeper.ratelimit import Limiter
 from grantkeeper.store.db import create_engine
@@ -40,6 +41,9 @@ class Runtime:
     vault: Vault
     catalog: Catalog
     http: aiohttp.ClientSession
+    #: token endpoint calls (refresh, code exchange, minting, revocation): the lean
+    #: keep-alive HTTP/1.1 client, same network guard and TLS verification as ``http``
+    token_http: Http1Client
     discovery: DiscoveryCache
     metrics: Metrics
     clock: Clock
@@ -66,6 +70,7 @@ class Runtime:
         if self.hotpath is not None:
             await self.hotpath.close()
         await self.http.close()
+        await self.token_http.close()
         await self.engine.dispose()
         # in a thread: the exporter's last flush is a blocking HTTP call
         await asyncio.to_thread(tracing.shutdown)
@@ -122,6 +127,7 @@ async def open_runtime(
         vault=vault,
         catalog=load_catalog(),
         http=http,
+        token_http=Http1Client(allow_private=settings.allow_private_networks),
         discovery=DiscoveryCache(
             http, allow_private=settings.allow_private_networks, timeout=settings.http_timeout
         ),

@@ -83,9 +83,21 @@ def note_new_database(settings: Settings) -> None:
         )
 
 
-def run(fn: Callable[[], Awaitable[T]]) -> T:
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
-        return asyncio.run(fn())  # type: ignore[arg-type]
+        import uvloop
+    except ImportError:  # not on every platform (uvicorn[standard] skips it on Windows)
+        return None
+    return uvloop.new_event_loop
+
+
+def run(fn: Callable[[], Awaitable[T]], *, fast_loop: bool = False) -> T:
+    """Run ``fn`` to completion; ``fast_loop``: on uvloop when it is installed (the
+    long-running worker: uvicorn already serves on it)."""
+    factory = _uvloop_factory() if fast_loop else None
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(fn())  # type: ignore[arg-type]
     except GrantkeeperError as exc:
         fail(f"{exc.detail} ({exc.code})")
         raise

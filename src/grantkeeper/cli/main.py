@@ -162,7 +162,7 @@ def worker() -> None:
         finally:
             await rt.close()
 
-    run(main_loop)
+    run(main_loop, fast_loop=True)
 
 
 @app.command()

@@ -10,7 +10,8 @@ A kind answers five questions about a grant (CONTRACT "Credential kinds"):
 * how it is stamped on an API call: :meth:`Kind.stamp`;
 * how it is revoked: :meth:`Kind.revoke`.
 
-Kinds do their own outgoing HTTP over the process's guarded aiohttp session; they never
+Kinds do their own outgoing HTTP over the process's guarded aiohttp session (token
+endpoint calls over its lean HTTP/1.1 client, ``KindContext.token_http``); they never
 import the HTTP layer, and the HTTP layer only ever calls these methods.
 """
 
@@ -27,6 +28,7 @@ import orjson
 
 from grantkeeper.errors import CredentialsRejected, InvalidInput, ProviderUnavailable
 from grantkeeper.netguard import check_url
+from grantkeeper.oauth.http1 import Http1Client
 from grantkeeper.oauth.tokens import ClientCredentials, TokenSet
 from grantkeeper.providers.catalog import (
     CredentialField,
@@ -104,6 +106,8 @@ class KindContext:
     """What a kind may use to talk to the provider."""
 
     http: aiohttp.ClientSession
+    #: token endpoint calls (``oauth.tokens``): the lean keep-alive client
+    token_http: Http1Client
     timeout: float
     allow_private: bool
     now: Callable[[], float] = time.time

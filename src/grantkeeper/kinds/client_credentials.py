@@ -92,7 +92,7 @@ class ClientCredentialsKind(Kind):
             params["scope"] = creds.values[_SCOPE_KEY]
         spec = cfg.spec
         tokens = await token_request(
-            ctx.http,
+            ctx.token_http,
             cfg.token_url,
             self.client(cfg, creds),
             params,

@@ -49,6 +49,7 @@ def open_credentials(vault: Vault, rec: GrantRecord) -> Credentials:
 def context(rt: Runtime) -> KindContext:
     return KindContext(
         http=rt.http,
+        token_http=rt.token_http,
         timeout=rt.settings.http_timeout,
         allow_private=rt.settings.allow_private_networks,
         now=rt.clock.now,

@@ -112,7 +112,7 @@ class GitHubApp(Kind):
             )
         try:
             user = await token_request(
-                ctx.http,
+                ctx.token_http,
                 cfg.token_url,
                 ClientCredentials(client.client_id, client.client_secret, "client_secret_post"),
                 {"code": code},

@@ -174,7 +174,7 @@ class JwtBearer(Kind):
         if not client.client_id:
             client = _NoClient()
         tokens = await token_request(
-            ctx.http,
+            ctx.token_http,
             cfg.token_url,
             client,
             params,

@@ -1,4 +1,5 @@
-"""Token endpoint calls (RFC 6749 sections 4.1.3, 5, 6) and revocation (RFC 7009) over aiohttp.
+"""Token endpoint calls (RFC 6749 sections 4.1.3, 5, 6) and revocation (RFC 7009) over the
+lean HTTP/1.1 client (``oauth.http1``).
 
 Provider error bodies are never logged or passed on verbatim: the error code is
 kept, the description is shortened and scrubbed of any secret we sent.
@@ -13,13 +14,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 import orjson
 
 from grantkeeper.errors import ProviderOutcomeUnknown, ProviderUnavailable
-from grantkeeper.oauth.body import BodyTooLarge, read_body
+from grantkeeper.oauth.body import MAX_PROVIDER_BODY, BodyTooLarge, read_body
+from grantkeeper.oauth.http1 import Http1Client, Http1Error, IncompleteAnswer
 
 __all__ = [
     "ClientCredentials",
@@ -193,7 +195,7 @@ def _retry_after(headers: Mapping[str, str], default: int = 5) -> int:
 
 
 async def post_form(
-    http: aiohttp.ClientSession,
+    http: Http1Client | aiohttp.ClientSession,
     url: str,
     form: dict[str, str],
     headers: dict[str, str],
@@ -206,8 +208,82 @@ async def post_form(
     Transport failures, timeouts, 5xx and 429 raise ``ProviderUnavailable``.
     ``timeout`` bounds connecting and each silence while waiting, not the whole answer:
     a body that keeps arriving is read to its end (within ``ANSWER_DEADLINE_*``), since
-    a provider that answers 2xx has done the work (rotated the refresh token).
+    a provider that answers 2xx has done the work (rotated the refresh token). The
+    request is never sent twice by the client (``oauth.http1``): whether to present a
+    refresh token again is the refresh engine's decision.
     """
+    send = {
+        "Accept": "application/json",
+        "Accept-Encoding": "identity",  # a token answer is small: nothing to decompress
+        **headers,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    answer_deadline = max(ANSWER_DEADLINE_MIN, ANSWER_DEADLINE_FACTOR * timeout)
+    if isinstance(http, aiohttp.ClientSession):
+        status, raw, rh = await _post_form_aiohttp(
+            http, url, form, headers, timeout=timeout, secrets=secrets
+        )
+        return _form_answer(status, raw, rh)
+    try:
+        resp = await http.request(
+            "POST",
+            url,
+            send,
+            urlencode(form).encode(),
+            timeout=timeout,
+            answer_deadline=answer_deadline,
+            max_body=MAX_PROVIDER_BODY,
+        )
+    except IncompleteAnswer as exc:
+        status = exc.status
+        name = type(exc.cause).__name__
+        if 200 <= status < 300:
+            raise ProviderOutcomeUnknown(
+                f"the provider's HTTP {status} answer could not be read whole ({name})"
+            ) from None
+        raise ProviderUnavailable(
+            f"the provider's HTTP {status} answer could not be read ({name})",
+            retry_after=_retry_after(exc.headers),
+        ) from None
+    except TimeoutError:
+        raise ProviderUnavailable("the provider did not answer in time", retry_after=5) from None
+    except (Http1Error, OSError) as exc:
+        raise ProviderUnavailable(
+            f"could not reach the provider ({type(exc).__name__})", retry_after=5
+        ) from None
+    return _form_answer(resp.status, resp.body, resp.headers)
+
+
+def _form_answer(
+    status: int, raw: bytes, rh: Mapping[str, str]
+) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+    if status >= 500 or status == 429:
+        raise ProviderUnavailable(
+            f"the provider answered HTTP {status}", retry_after=_retry_after(rh)
+        )
+    body: dict[str, Any]
+    try:
+        parsed = orjson.loads(raw) if raw else {}
+        body = parsed if isinstance(parsed, dict) else {}
+    except orjson.JSONDecodeError:
+        if raw.lstrip()[:1] in (b"{", b"["):
+            body = {}  # JSON cut short or broken: not a form either
+        else:
+            body = dict(parse_qsl(raw.decode("utf-8", "replace")))
+    return status, body, rh
+
+
+async def _post_form_aiohttp(
+    http: aiohttp.ClientSession,
+    url: str,
+    form: dict[str, str],
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    secrets: Iterable[str | None] = (),
+) -> tuple[int, bytes, Mapping[str, str]]:
+    """``post_form`` over an aiohttp session (callers that hold one): the same timeouts
+    and failure classes as the lean client."""
     headers = {"Accept": "application/json", **headers}
     answer_deadline = max(ANSWER_DEADLINE_MIN, ANSWER_DEADLINE_FACTOR * timeout)
     try:
@@ -239,20 +315,7 @@ async def post_form(
         raise ProviderUnavailable(
             f"could not reach the provider ({type(exc).__name__})", retry_after=5
         ) from None
-    if status >= 500 or status == 429:
-        raise ProviderUnavailable(
-            f"the provider answered HTTP {status}", retry_after=_retry_after(rh)
-        )
-    body: dict[str, Any]
-    try:
-        parsed = orjson.loads(raw) if raw else {}
-        body = parsed if isinstance(parsed, dict) else {}
-    except orjson.JSONDecodeError:
-        if raw.lstrip()[:1] in (b"{", b"["):
-            body = {}  # JSON cut short or broken: not a form either
-        else:
-            body = dict(parse_qsl(raw.decode("utf-8", "replace")))
-    return status, body, rh
+    return status, raw, rh
 
 
 def _raise_for_error(status: int, body: Mapping[str, Any], secrets: Iterable[str | None]) -> None:
@@ -271,7 +334,7 @@ def _raise_for_error(status: int, body: Mapping[str, Any], secrets: Iterable[str
 
 
 async def token_request(
-    http: aiohttp.ClientSession,
+    http: Http1Client | aiohttp.ClientSession,
     token_url: str,
     client: ClientCredentials,
     params: Mapping[str, str],
@@ -306,7 +369,7 @@ async def token_request(
 
 
 async def revoke_token(
-    http: aiohttp.ClientSession,
+    http: Http1Client | aiohttp.ClientSession,
     revocation_url: str,
     client: ClientCredentials,
     token: str,

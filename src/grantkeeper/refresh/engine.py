@@ -461,7 +461,7 @@ async def _refresh_at_provider(
                 # under the same lease and fencing as a refresh; never a refresh token
                 return await mint_tokens(rt, rec)
             return await token_request(
-                rt.http,
+                rt.token_http,
                 resolved.token_url,
                 resolved.client,
                 params,
@@ -666,7 +666,7 @@ async def _revoke_minted(
     for attempt in range(3):
         try:
             await revoke_token(
-                rt.http,
+                rt.token_http,
                 resolved.revocation_url,
                 resolved.client,
                 token,

@@ -5,8 +5,8 @@
    moves ``refresh_due_at`` past the lease, so leased rows leave the head of the due index.
 2. Call: each grant's provider call runs as soon as one of the provider host's slots is
    free (``refresh.slots``: a concurrency cap shared by every worker, in the database),
-   on the shared aiohttp session (keep-alive, per-host connection limit). Claims continue
-   while calls are in flight, so the pipeline stays full.
+   over the lean keep-alive HTTP/1.1 client (``oauth.http1``). Claims continue while
+   calls are in flight, so the pipeline stays full.
 3. Write: successes are written by one group-committing writer: a lone result is written
    at once, under load the results that arrived during the previous write go together
    (``lease.write_tokens_many``: fenced per grant on version, status and our lease; one
@@ -327,7 +327,7 @@ class _Pipeline:
             started = time.monotonic()
             try:
                 return await token_request(
-                    rt.http,
+                    rt.token_http,
                     res.token_url,
                     res.client,
                     params,
