@@ -116,6 +116,18 @@ def test_token_endpoint_is_limited_before_the_grant_is_looked_up(limited: Server
         assert _session(c).status_code == 201
 
 
+def test_credentials_share_the_token_budget(limited: Server) -> None:
+    """``/credentials`` hands out the same secrets as ``/token``: a key held to its token
+    budget must not get around it there (they spend one bucket)."""
+    gid = str(uuid.uuid4())
+    with limited.client() as c:
+        codes = [c.post(f"/v1/grants/{gid}/credentials", json={}).status_code for _ in range(2)]
+        assert codes == [404, 404]
+        assert c.post(f"/v1/grants/{gid}/token", json={}).status_code == 404
+        _assert_429(c.post(f"/v1/grants/{gid}/credentials", json={}))
+        _assert_429(c.post(f"/v1/grants/{gid}/token", json={}))
+
+
 def test_unauthenticated_requests_do_not_spend_a_keys_budget(limited: Server) -> None:
     gid = str(uuid.uuid4())
     with httpx.Client(base_url=limited.base_url) as anon:

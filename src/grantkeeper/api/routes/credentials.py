@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from grantkeeper import audit
+from grantkeeper import audit, ratelimit
 from grantkeeper.api.deps import PrincipalDep, RuntimeDep
 from grantkeeper.clock import iso
 from grantkeeper.credential_grants import credentials_payload, visible_grant
@@ -48,6 +48,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 async def grant_credentials(
     rt: RuntimeDep, principal: PrincipalDep, grant_id: str, body: TokenRequest | None = None
 ) -> Response:
+    # the same secrets as /token: the same budget, spent before the grant is looked up
+    await ratelimit.enforce(rt, principal.key_id, "token")
     principal.require("credentials:read")
     rec = await visible_grant(rt, principal, grant_id)
     raise_for_status(rec)
