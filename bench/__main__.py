@@ -595,7 +595,7 @@ def bench_scale(
                     runs[n].append(wrk(b, f, k, conns=64, seconds=plan.seconds))
         finally:
             small.stop()
-    out = {n: median_of(r) | {"loadavg": loads} for n, r in runs.items()}
+    out = {n: median_of(r) | {"loadavg": loads, "interleaved": True} for n, r in runs.items()}
     log(f"scale: {out}")
     return out
 

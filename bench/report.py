@@ -128,8 +128,13 @@ def render(r: dict[str, Any]) -> str:
             f"**{100 * diff:.1f}%** apart"
             + (
                 f" (rounds interleaved; load average at each round {s10['loadavg']})"
-                if isinstance(s10.get("loadavg"), list)
-                else ""
+                if s10.get("interleaved")
+                else (
+                    f" (measured minutes apart, load average {s10['loadavg'][0]} vs "
+                    f"{sbig['loadavg'][0]}: see the notes)"
+                    if s10.get("loadavg") and sbig.get("loadavg")
+                    else ""
+                )
             )
             + f" | within 10%: {_ok(diff <= 0.10)} |"
         )
