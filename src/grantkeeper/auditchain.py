@@ -61,7 +61,7 @@ from typing import Any, Literal
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from grantkeeper.store import audit as store
 from grantkeeper.store import auditparts
@@ -120,6 +120,22 @@ def checkpoint_mac(key: bytes, cp: dict[str, Any]) -> str:
     """The MAC of a checkpoint (its own prefix: never equal to a link's input)."""
     body = orjson.dumps({k: cp[k] for k in _CHECKPOINT_FIELDS}, option=orjson.OPT_SORT_KEYS)
     return hmac.new(key, b"audit-checkpoint:" + body, hashlib.sha256).hexdigest()
+
+
+async def _trusted_checkpoint(
+    conn: AsyncConnection, keys: list[tuple[str, bytes]], environment_id: str
+) -> dict[str, Any] | None | Literal[False]:
+    """The environment's checkpoint (None: nothing pruned yet), or False when it does not
+    verify: then nothing may be pruned (logged once here for every pruning path)."""
+    cp = await store.get_checkpoint(conn, environment_id)
+    if cp is not None and not _checkpoint_ok(keys, cp):
+        log.error(
+            "audit checkpoint of environment %s does not verify; not pruning "
+            "(run grantkeeper audit verify)",
+            environment_id,
+        )
+        return False
+    return cp
 
 
 def _checkpoint_ok(keys: list[tuple[str, bytes]], cp: dict[str, Any]) -> bool:
@@ -419,16 +435,11 @@ async def prune(
     async with engine.begin() as conn:
         # one pruner of this chain at a time, and never while a sealer extends it
         await store.lock_sealer(conn, environment_id, wait=True)
-        cp = await store.get_checkpoint(conn, environment_id)
-        if cp is not None and not _checkpoint_ok(keys, cp):
-            log.error(
-                "audit checkpoint of environment %s does not verify; not pruning "
-                "(run grantkeeper audit verify)",
-                environment_id,
-            )
+        trusted = await _trusted_checkpoint(conn, keys, environment_id)
+        if trusted is False:
             return 0
-        after = int(cp["chain_seq"]) if cp is not None else 0
-        checker = ChainVerifier(environment_id, keys, start=cp)
+        after = int(trusted["chain_seq"]) if trusted is not None else 0
+        checker = ChainVerifier(environment_id, keys, start=trusted)
         last: dict[str, Any] | None = None
         for row in await store.chain_after(conn, environment_id, after, batch):
             if float(row["at"]) >= cutoff:
@@ -453,7 +464,7 @@ async def prune(
             "event_id": int(last["id"]),
             "hash": str(last["hash"]),
             "at": float(last["at"]),
-            "pruned": (int(cp["pruned"]) if cp is not None else 0) + n,
+            "pruned": (int(trusted["pruned"]) if trusted is not None else 0) + n,
         }
         values["mac"] = checkpoint_mac(keys[0][1], values)
         values["updated_at"] = now
@@ -511,13 +522,8 @@ async def _drop_month(
         for env, top, count, unsealed in await store.month_heads(conn, m.name):
             if unsealed:
                 raise _NotYet(f"{unsealed} events of environment {env} are not sealed yet")
-            cp = await store.get_checkpoint(conn, env)
-            if cp is not None and not _checkpoint_ok(keys, cp):
-                log.error(
-                    "audit checkpoint of environment %s does not verify; not pruning "
-                    "(run grantkeeper audit verify)",
-                    env,
-                )
+            cp = await _trusted_checkpoint(conn, keys, env)
+            if cp is False:
                 raise _NotYet("a checkpoint does not verify")
             after = int(cp["chain_seq"]) if cp is not None else 0
             if top is None or top <= after:
