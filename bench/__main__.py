@@ -26,16 +26,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PG = os.environ.get("GK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+T = TypeVar("T")
 WRK_LUA = Path(__file__).with_name("token.lua")
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "docs" / "benchmarks.json"
@@ -534,8 +535,13 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                     proc = procs[n]
                     if proc is None:
                         continue
+                    spy = None
+                    if plan.profile is not None and n == "gk" and not plan.wants("storm"):
+                        spy = py_spy(proc.pid, plan.profile, seconds=plan.seconds - 1, rate=500)
                     c0 = proc.cpu_s()
                     r = wrk(b, ids100, admin, conns=64, seconds=plan.seconds)
+                    if spy is not None:
+                        spy.wait()
                     results[f"read_{n}_cpu_us"] = round((proc.cpu_s() - c0) / r.requests * 1e6)
                     log(f"cpu/request {n}: {results[f'read_{n}_cpu_us']} us")
                 results["read_loadavg_end"] = [round(x, 1) for x in os.getloadavg()]
@@ -549,7 +555,9 @@ def bench_reads(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
             if plan.wants("memory"):
                 results["memory"] = bench_memory(plan, gk, base, ids100, admin)
             if plan.wants("storm"):
-                results["storm"] = bench_storm(db, keys, env_id, base, admin, tbase, gk)
+                results["storm"] = bench_storm(
+                    db, keys, env_id, base, admin, tbase, gk, plan.profile
+                )
             if plan.wants("scale"):
                 t0 = time.monotonic()
                 n_more = plan.big - 100_000
@@ -622,8 +630,36 @@ def bench_memory(plan: Plan, gk: Proc, base: str, ids: Path, key: str) -> dict[s
     }
 
 
+def _run_uvloop(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop when it is installed (a load generator as cheap as the server's loop)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def py_spy(pid: int, out: Path, *, seconds: float, rate: int) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` (CPU samples, without pausing it) to ``out``: an svg, or
+    the raw collapsed stacks for a ``.txt``."""
+    return subprocess.Popen(
+        [str(Path(PY).with_name("py-spy")), "record", "--nonblocking", "-r", str(rate),
+         "-d", str(max(1, round(seconds))), "-f", "raw" if out.suffix == ".txt" else "flamegraph",
+         "-o", str(out), "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def bench_storm(
-    db: Db, keys: str, env_id: str, base: str, admin: str, tbase: str, gk: Proc
+    db: Db,
+    keys: str,
+    env_id: str,
+    base: str,
+    admin: str,
+    tbase: str,
+    gk: Proc,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
 
     now = time.time()
@@ -641,41 +677,78 @@ def bench_storm(
         "Content-Length: 2\r\n\r\n{}"
     ).encode()
 
-    async def go() -> tuple[list[float], list[int], set[str], float]:
-        # a load generator far cheaper than the server: pre-opened sockets, one pre-built
-        # request each, a minimal response read (an aiohttp client spent ~0.5 ms of CPU per
-        # call, so 1,000 of them measured the client more than the server)
-        conns = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in range(n)))
-        gate = asyncio.Event()
-        t0 = 0.0
+    class Caller(asyncio.Protocol):
+        """One pre-opened connection: sends the request when told, notes when the whole
+        answer has arrived (no task, no stream reader: the client must cost far less
+        than the server, or the storm measures the client)."""
 
-        async def one(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> tuple[float, int, str]:
-            await gate.wait()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
+        def __init__(self, done: asyncio.Future[None], left: list[int]) -> None:
+            self.done, self.left = done, left
+            self.buf = b""
+            self.took = 0.0
+            self.status = 0
+            self.token = ""
+            self.t0 = 0.0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end]
             length = 0
             for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = json.loads(await reader.readexactly(length))
-            took = time.perf_counter() - t0
-            writer.close()
-            return took, status, body.get("access_token", "")
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if len(self.buf) - head_end - 4 < length:
+                return
+            self.took = time.perf_counter() - self.t0
+            self.status = int(head.split(b" ", 2)[1])
+            body = json.loads(self.buf[head_end + 4 : head_end + 4 + length])
+            self.token = body.get("access_token", "")
+            self.transport.close()
+            self.left[0] -= 1
+            if not self.left[0] and not self.done.done():
+                self.done.set_result(None)
 
-        tasks = [asyncio.create_task(one(r, w)) for r, w in conns]
+    async def go() -> tuple[list[float], list[int], set[str], float]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        left = [n]
+        callers: list[Caller] = []
+        for _ in range(n):
+            c = Caller(done, left)
+            await loop.create_connection(lambda c=c: c, host, int(port))  # type: ignore[misc]
+            callers.append(c)
         await asyncio.sleep(0.5)
+        if spy is not None:
+            await asyncio.sleep(1.5)  # py-spy attached before the gate opens
+        # CPU from the gate on (opening 1,000 connections is not the storm)
+        cpu0[0], cpu0[1] = gk.cpu_s(), time.process_time()
         t0 = time.perf_counter()
-        gate.set()
-        out = await asyncio.gather(*tasks)
+        for c in callers:  # released at once: every request is written in this loop turn
+            c.t0 = t0
+            c.transport.write(req)
+        await asyncio.wait_for(done, 60)
         wall = time.perf_counter() - t0
-        return [o[0] for o in out], [o[1] for o in out], {o[2] for o in out}, wall
+        return (
+            [c.took for c in callers],
+            [c.status for c in callers],
+            {c.token for c in callers},
+            wall,
+        )
 
-    cpu0 = gk.cpu_s()
-    lat, statuses, tokens, wall = asyncio.run(go())
-    cpu = gk.cpu_s() - cpu0
+    # the server's stacks during the storm (1 kHz: the storm lasts well under a second)
+    spy = py_spy(gk.pid, profile, seconds=4, rate=1000) if profile is not None else None
+    cpu0 = [0.0, 0.0]
+    lat, statuses, tokens, wall = _run_uvloop(go())
+    cpu = gk.cpu_s() - cpu0[0]
+    client_cpu = time.process_time() - cpu0[1]
+    if spy is not None:
+        spy.wait()
     calls = endpoint_stats(tbase)["calls"] - before
     lat_ms = sorted(x * 1000 for x in lat)
 
@@ -695,6 +768,8 @@ def bench_storm(
         "wall_s": round(wall, 2),
         # the server's CPU for the whole storm: comparable across machine loads
         "server_cpu_ms": round(cpu * 1000),
+        # the load generator's (this process): it shares the cores with the server
+        "client_cpu_ms": round(client_cpu * 1000),
         "loadavg": round(os.getloadavg()[0], 1),
     }
     log(f"storm: {res}")
@@ -1032,7 +1107,11 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print results, leave docs alone")
     ap.add_argument("--grants", type=int, default=0, help="proactive: grants to seed")
     ap.add_argument("--workers", type=int, default=2, help="proactive: worker processes")
-    ap.add_argument("--profile", type=Path, help="proactive: py-spy profile of worker 0 (svg)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy profile (.svg, or .txt: raw stacks): proactive: of worker 0; storm: of the server during the storm; read (without storm): of the server during its CPU run",
+    )
     ap.add_argument("--max-s", type=float, default=0.0, help="proactive: stop after N seconds")
     a = ap.parse_args()
     plan = Plan(

@@ -170,5 +170,5 @@ def create_app(
     app.add_middleware(AccessLog)
     if settings.token_fast_path:
         # ahead of the framework: the token read skips it (same answers, tested)
-        app.fast_path = TokenFastPath(app.router, token.endpoint, settings.max_body_bytes)
+        app.fast_path = TokenFastPath(app.router, token.answer, settings.max_body_bytes)
     return app

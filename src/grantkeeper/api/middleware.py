@@ -9,12 +9,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from grantkeeper.api.errors import (
+    domain_error_response,
+    store_error_response,
+    unexpected_error_response,
+)
+from grantkeeper.errors import GrantkeeperError
+from grantkeeper.store.unavailable import UNAVAILABLE
 from grantkeeper.tracing import log_extra
 
 __all__ = ["AccessLog", "BodyGuard", "TokenFastPath", "flush_access_log"]
@@ -53,6 +62,64 @@ async def _send_problem(send: Send, status: int, code: str, title: str, detail: 
     await send({"type": "http.response.body", "body": body})
 
 
+def _refused(headers: dict[bytes, bytes], limit: int) -> tuple[int, str, str, str] | None:
+    """What ``BodyGuard`` answers from the headers alone (status, code, title, detail), or None."""
+    cl = headers.get(b"content-length")
+    te = headers.get(b"transfer-encoding")
+    if cl is not None and te is not None:
+        return 400, "bad_request", "Bad request", "both Content-Length and Transfer-Encoding"
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            return 400, "bad_request", "Bad request", "invalid Content-Length"
+        if n > limit:
+            return 413, "payload_too_large", "Request body too large", f"the limit is {limit} bytes"
+    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    has_body = te is not None or (cl is not None and cl != b"0")
+    if has_body and not (ctype == b"application/json" or ctype.endswith(b"+json")):
+        return 415, "unsupported_media_type", "Unsupported media type", "send application/json"
+    return None
+
+
+#: the body was over the limit (chunked: only known while reading)
+_TOO_LARGE = object()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | object | None:
+    """The whole body (small: at most ``limit``), ``_TOO_LARGE``, or None if the client went away.
+
+    Read here rather than raising from inside the app's receive: FastAPI turns any
+    exception raised while it reads the body into a 400, so a chunked body over the
+    limit would never become a 413.
+    """
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        return _TOO_LARGE
+    if not message.get("more_body", False):
+        return body  # the usual case: one message
+    chunks = [body]
+    received = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            return _TOO_LARGE
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> tuple[int, str, str, str]:
+    return 413, "payload_too_large", "Request body too large", f"the limit is {limit} bytes"
+
+
 class BodyGuard:
     """For ``/v1`` JSON endpoints: 413 over the limit (chunked too), 415 for non-JSON bodies,
     400 for both Content-Length and Transfer-Encoding. The proxy streams its own bodies."""
@@ -69,74 +136,23 @@ class BodyGuard:
         if not path.startswith("/v1/") or path.startswith("/v1/proxy/"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        cl = headers.get(b"content-length")
-        te = headers.get(b"transfer-encoding")
-        if cl is not None and te is not None:
-            await _send_problem(
-                send, 400, "bad_request", "Bad request", "both Content-Length and Transfer-Encoding"
-            )
+        refused = _refused(dict(scope["headers"]), self.max_body)
+        if refused is not None:
+            await _send_problem(send, *refused)
             return
-        if cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                await _send_problem(
-                    send, 400, "bad_request", "Bad request", "invalid Content-Length"
-                )
-                return
-            if n > self.max_body:
-                await _send_problem(
-                    send,
-                    413,
-                    "payload_too_large",
-                    "Request body too large",
-                    f"the limit is {self.max_body} bytes",
-                )
-                return
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        has_body = te is not None or (cl is not None and cl != b"0")
-        if has_body and not (ctype == b"application/json" or ctype.endswith(b"+json")):
-            await _send_problem(
-                send,
-                415,
-                "unsupported_media_type",
-                "Unsupported media type",
-                "send application/json",
-            )
+        body = await _read_body(receive, self.max_body)
+        if body is None:
+            return  # the client went away
+        if body is _TOO_LARGE:
+            await _send_problem(send, *_too_large(self.max_body))
             return
-        # Read the whole body here (it is small: at most ``max_body``) rather than
-        # raising from inside the app's receive: FastAPI turns any exception
-        # raised while it reads the body into a 400, so a chunked body over the
-        # limit would never become a 413.
-        limit = self.max_body
-        chunks: list[bytes] = []
-        received = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > limit:
-                await _send_problem(
-                    send,
-                    413,
-                    "payload_too_large",
-                    "Request body too large",
-                    f"the limit is {limit} bytes",
-                )
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
@@ -267,24 +283,30 @@ class AccessLog:
             )
 
 
+#: what the token read's fast path calls with the request and its whole body
+Answer = Callable[[Scope, bytes], Awaitable[Response]]
+
+
 class TokenFastPath:
     """Outermost layer: ``POST /v1/grants/{id}/token`` goes straight to its raw endpoint.
 
     The token read is on the hot path of every API call an app makes; the framework's
     routing, its exception layers and the other middleware cost more than the read
-    itself. This keeps exactly the layers that shape its answers (the access log and the
-    body guard) and maps errors with the app's own functions, so every answer (status,
-    headers, problem+json body) is the same as through the full stack (tested side by
-    side). Anything else, including ids that are not 36 characters, takes the full stack.
+    itself. This keeps exactly what shapes its answers (the access log, the body guard's
+    checks, the app's error mapping), fused into one coroutine (no wrapped ``send`` or
+    ``receive``, no layer per concern), so every answer (status, headers, problem+json
+    body) is the same as through the full stack (tested side by side). Anything else,
+    including ids that are not 36 characters, takes the full stack.
     """
 
     _PREFIX = "/v1/grants/"
     _SUFFIX = "/token"
     _LEN = len(_PREFIX) + 36 + len(_SUFFIX)
 
-    def __init__(self, app: ASGIApp, endpoint: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, answer: Answer, max_body: int) -> None:
         self.app = app
-        self.fast = AccessLog(BodyGuard(_Mapped(endpoint), max_body))
+        self.answer = answer
+        self.max_body = max_body
 
     def matches(self, scope: Scope) -> bool:
         """Whether this is the token read (then ``scope`` gets its path parameter)."""
@@ -305,29 +327,47 @@ class TokenFastPath:
             return
         await self.app(scope, receive, send)
 
-
-class _Mapped:
-    """Domain errors and surprises turned into responses, as the app's handlers do."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from grantkeeper.api.errors import (
-            domain_error_response,
-            store_error_response,
-            unexpected_error_response,
-        )
-        from grantkeeper.errors import GrantkeeperError
-        from grantkeeper.store.unavailable import UNAVAILABLE
-
-        try:
-            await self.app(scope, receive, send)
-        except ClientDisconnect:
+    async def fast(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The token read: access log, body guard, endpoint and error mapping in one."""
+        if not access_log.isEnabledFor(logging.INFO):
+            await self._respond(scope, receive, send)
             return
+        t0 = time.perf_counter()
+        status = 0
+        try:
+            status = await self._respond(scope, receive, send)
+        finally:
+            _batch.add(
+                time.time(),
+                "POST",
+                scope["path"][:200],
+                status,
+                (time.perf_counter() - t0) * 1000,
+                log_extra(),
+            )
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer; the status sent (0: none, the client went away)."""
+        refused = _refused(dict(scope["headers"]), self.max_body)
+        if refused is not None:
+            await _send_problem(send, *refused)
+            return refused[0]
+        body = await _read_body(receive, self.max_body)
+        if body is None:
+            return 0
+        if body is _TOO_LARGE:
+            await _send_problem(send, *_too_large(self.max_body))
+            return 413
+        assert isinstance(body, bytes)
+        try:
+            response = await self.answer(scope, body)
+        except ClientDisconnect:
+            return 0
         except GrantkeeperError as exc:
-            await domain_error_response(exc)(scope, receive, send)
+            response = domain_error_response(exc)
         except UNAVAILABLE as exc:
-            await store_error_response(exc)(scope, receive, send)
+            response = store_error_response(exc)
         except Exception as exc:  # noqa: BLE001 - answered as any unexpected error is
-            await unexpected_error_response(exc)(scope, receive, send)
+            response = unexpected_error_response(exc)
+        await response(scope, receive, send)
+        return response.status_code

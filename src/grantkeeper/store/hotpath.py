@@ -23,6 +23,11 @@ pool bookkeeping and its rollback-on-return cost more than the query):
 * the common read (``read_token``) selects only the columns a served token needs: the
   key's, and the grant's status, expiry, scopes, version and access-token ciphertext.
   Anything else (a refresh is due, the grant is not active) re-reads the whole row;
+* reads are grouped the same way (``store.groupread``): a read that finds a connection
+  free runs at once as one prepared statement; reads that arrive while the others are
+  busy go together in the next statement (``unnest`` of key and grant ids), and callers
+  asking for the same key and grant at the same moment share one row. No read is ever
+  older than its caller's request, and nothing is kept between reads;
 * ``token.issued`` rows are group-committed, adaptively: a row that arrives while no
   write is in flight is written at once (a lone request pays no wait), rows that
   arrive while one is in flight are written together by the next multi-row INSERT.
@@ -44,6 +49,7 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from grantkeeper.store.groupread import GroupRead
 from grantkeeper.store.pgconns import PgConns
 from grantkeeper.store.records import ApiKeyRecord, GrantRecord
 
@@ -78,6 +84,27 @@ _READ_TOKEN = (
     + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
     " WHERE k.id = $1"
 )
+# the "many" forms (``store.groupread``): one row per (key id, grant id) pair that has a key,
+# numbered by its position in the arrays
+_FROM_MANY = (
+    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kid, gid, n)"
+    " JOIN api_keys k ON k.id = q.kid"
+    " LEFT JOIN grants g ON g.id = q.gid AND g.environment_id = k.environment_id"
+)
+_READ_MANY = (
+    "SELECT q.n, "  # noqa: S608
+    + ", ".join(f"k.{c}" for c in _KEY_COLS)
+    + ", "
+    + ", ".join(f"g.{c}" for c in _GRANT_COLS)
+    + _FROM_MANY
+)
+_READ_TOKEN_MANY = (
+    "SELECT q.n, "  # noqa: S608
+    + ", ".join(f"k.{c}" for c in _KEY_COLS)
+    + ", "
+    + ", ".join(f"g.{c}" for c in _TOKEN_COLS)
+    + _FROM_MANY
+)
 _AUDIT = (
     "INSERT INTO audit_events (environment_id, at, actor, action, grant_id, integration_id, detail)"
     " VALUES ($1, $2, $3, 'token.issued', $4, $5, $6)"
@@ -93,6 +120,9 @@ _AUDIT_MANY = (
 _MAX_BATCH = 512
 
 _Row = tuple[str, float, str, str, str, str]
+_Pair = tuple[str, "str | None"]
+_KeyToken = tuple["ApiKeyRecord | None", "TokenRow | None"]
+_KeyGrant = tuple["ApiKeyRecord | None", "GrantRecord | None"]
 
 
 class TokenRow(NamedTuple):
@@ -123,6 +153,14 @@ class HotPath:
         self._kwargs = dsn_kwargs
         self._timeout = timeout
         self.conns = PgConns(self._connect, size, timeout)
+        # reads run on all connections but one, which stays for the audit writer
+        lanes = max(1, size - 1)
+        self._token_reads: GroupRead[_Pair, _KeyToken] = GroupRead(
+            self._read_token_one, self._read_token_many, lanes
+        )
+        self._full_reads: GroupRead[_Pair, _KeyGrant] = GroupRead(
+            self._read_one, self._read_many, lanes
+        )
         # rows waiting for the next audit write, and whether a write is in flight
         self._pending: list[tuple[_Row, asyncio.Future[None]]] = []
         self._writing = False
@@ -147,11 +185,24 @@ class HotPath:
         )
 
     async def close(self) -> None:
+        await self._token_reads.close()
+        await self._full_reads.close()
         await self.conns.close()
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         # a read is safe to run twice: on a lost connection it is retried on a fresh one
         return await self.conns.run(lambda c: c.fetchrow(sql, *args), retry=True)
+
+    async def _fetch_many(self, sql: str, pairs: list[_Pair]) -> list[tuple[Any, ...] | None]:
+        """Rows of a "many" statement, one per pair in order (None: no such key)."""
+        kids = [p[0] for p in pairs]
+        gids = [p[1] for p in pairs]
+        rows = await self.conns.run(lambda c: c.fetch(sql, kids, gids), retry=True)
+        out: list[tuple[Any, ...] | None] = [None] * len(pairs)
+        for r in rows:
+            v = tuple(r)
+            out[v[0] - 1] = v[1:]
+        return out
 
     @staticmethod
     def _key(v: tuple[Any, ...]) -> ApiKeyRecord:
@@ -172,10 +223,31 @@ class HotPath:
     ) -> tuple[ApiKeyRecord | None, TokenRow | None]:
         """The key (if it exists) and what serving the grant's token needs (if the grant
         exists in the key's environment)."""
-        row = await self._fetchrow(_READ_TOKEN, key_id, grant_id)
-        if row is None:
-            return None, None
-        v = tuple(row)
+        return await self._token_reads.get((key_id, grant_id))
+
+    async def read(
+        self, key_id: str, grant_id: str | None
+    ) -> tuple[ApiKeyRecord | None, GrantRecord | None]:
+        """The key (if it exists) and the grant (if it exists in the key's environment)."""
+        return await self._full_reads.get((key_id, grant_id))
+
+    async def _read_token_one(self, pair: _Pair) -> _KeyToken:
+        row = await self._fetchrow(_READ_TOKEN, *pair)
+        return self._token_pair(tuple(row)) if row is not None else (None, None)
+
+    async def _read_token_many(self, pairs: list[_Pair]) -> list[_KeyToken]:
+        rows = await self._fetch_many(_READ_TOKEN_MANY, pairs)
+        return [self._token_pair(v) if v is not None else (None, None) for v in rows]
+
+    async def _read_one(self, pair: _Pair) -> _KeyGrant:
+        row = await self._fetchrow(_READ, *pair)
+        return self._grant_pair(tuple(row)) if row is not None else (None, None)
+
+    async def _read_many(self, pairs: list[_Pair]) -> list[_KeyGrant]:
+        rows = await self._fetch_many(_READ_MANY, pairs)
+        return [self._grant_pair(v) if v is not None else (None, None) for v in rows]
+
+    def _token_pair(self, v: tuple[Any, ...]) -> _KeyToken:
         key = self._key(v)
         if v[_NK] is None:
             return key, None
@@ -184,14 +256,7 @@ class HotPath:
             _tuple(v[_NK + 5]) or (), v[_NK + 6], v[_NK + 7], v[_NK + 8],
         )  # fmt: skip
 
-    async def read(
-        self, key_id: str, grant_id: str | None
-    ) -> tuple[ApiKeyRecord | None, GrantRecord | None]:
-        """The key (if it exists) and the grant (if it exists in the key's environment)."""
-        row = await self._fetchrow(_READ, key_id, grant_id)
-        if row is None:
-            return None, None
-        v = tuple(row)
+    def _grant_pair(self, v: tuple[Any, ...]) -> _KeyGrant:
         key = self._key(v)
         if v[_NK] is None:
             return key, None

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from grantkeeper.api.middleware import AccessLog, TokenFastPath, flush_access_log
@@ -21,7 +22,7 @@ from grantkeeper.logs import configure_logging
 GID = "00000000-0000-4000-8000-000000000000"
 
 
-async def _database_down(scope: Scope, receive: Receive, send: Send) -> None:
+async def _database_down(scope: Scope, body: bytes) -> Response:
     raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
 
 

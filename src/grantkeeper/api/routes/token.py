@@ -326,6 +326,20 @@ class _TokenEndpoint:
 
 
 async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    response = await answer(scope, b"".join(chunks))
+    await response(scope, receive, send)
+
+
+async def answer(scope: Scope, body: bytes) -> Response:
+    """The answer to a token read whose whole body is ``body`` (raises domain errors)."""
     auth: list[str] = []
     content_type: str | None = None
     x_api_key = False
@@ -336,27 +350,19 @@ async def _token_asgi(scope: Scope, receive: Receive, send: Send) -> None:
             content_type = value.decode("latin-1")
         elif name == b"x-api-key":
             x_api_key = True
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
     rt: Runtime = scope["app"].state.runtime
     raw_key = parse_bearer(auth)
     if raw_key is None:
         raise missing_key(auth, x_api_key)
     grant_id = scope["path_params"]["grant_id"]
+    if not tracing.enabled():
+        return await _serve(rt, raw_key, grant_id, body, content_type, scope["query_string"])
     with tracing.span("grantkeeper.token.read", grant_id=grant_id):
-        response = await _serve(
-            rt, raw_key, grant_id, b"".join(chunks), content_type, scope["query_string"]
-        )
-    await response(scope, receive, send)
+        return await _serve(rt, raw_key, grant_id, body, content_type, scope["query_string"])
 
 
-#: the raw endpoint; ``api.middleware.TokenFastPath`` calls it ahead of the framework
+#: the raw endpoint (``answer`` is what ``api.middleware.TokenFastPath`` calls ahead of
+#: the framework)
 endpoint = _TokenEndpoint()
 # also matched first by the router (routes are tried in order), for an app built without
 # the fast path; the FastAPI route below documents it
