@@ -728,6 +728,7 @@ def bench_storm(
             await asyncio.sleep(1.5)  # py-spy attached before the gate opens
         # CPU from the gate on (opening 1,000 connections is not the storm)
         cpu0[0], cpu0[1] = gk.cpu_s(), time.process_time()
+        gate_at[0] = time.time()
         t0 = time.perf_counter()
         for c in callers:  # released at once: every request is written in this loop turn
             c.t0 = t0
@@ -744,12 +745,14 @@ def bench_storm(
     # the server's stacks during the storm (1 kHz: the storm lasts well under a second)
     spy = py_spy(gk.pid, profile, seconds=4, rate=1000) if profile is not None else None
     cpu0 = [0.0, 0.0]
+    gate_at = [0.0]
     lat, statuses, tokens, wall = _run_uvloop(go())
     cpu = gk.cpu_s() - cpu0[0]
     client_cpu = time.process_time() - cpu0[1]
     if spy is not None:
         spy.wait()
-    calls = endpoint_stats(tbase)["calls"] - before
+    st = endpoint_stats(tbase)
+    calls = st["calls"] - before
     lat_ms = sorted(x * 1000 for x in lat)
 
     def pct(p: float) -> float:
@@ -761,6 +764,9 @@ def bench_storm(
         "distinct_tokens": len(tokens),
         "upstream_refreshes": calls,
         "upstream_delay_ms": 50,
+        # when the provider was called, and when the first answer arrived (after the gate)
+        "upstream_called_ms": round((st["last_call_at"] - gate_at[0]) * 1000, 1),
+        "min_ms": round(lat_ms[0], 1),
         "p50_ms": pct(0.5),
         "p90_ms": pct(0.9),
         "p99_ms": pct(0.99),

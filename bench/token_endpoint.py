@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import time
 from collections import Counter
 from urllib.parse import parse_qsl
 
@@ -25,10 +26,17 @@ class State:
         self.expires_in = expires_in
         self.calls = 0
         self.seen: Counter[str] = Counter()
+        #: when the last call arrived (epoch seconds; the storm bench places it in time)
+        self.last_call_at = 0.0
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         dup = sum(n - 1 for n in self.seen.values() if n > 1)
-        return {"calls": self.calls, "distinct_refresh_tokens": len(self.seen), "duplicates": dup}
+        return {
+            "calls": self.calls,
+            "distinct_refresh_tokens": len(self.seen),
+            "duplicates": dup,
+            "last_call_at": self.last_call_at,
+        }
 
 
 def _response(status: str, body: bytes) -> bytes:
@@ -83,6 +91,7 @@ class Proto(asyncio.Protocol):
             return
         form = dict(parse_qsl(body.decode()))
         st.calls += 1
+        st.last_call_at = time.time()
         rt = form.get("refresh_token", "")
         st.seen[rt] += 1
         answer = orjson.dumps(

@@ -59,6 +59,13 @@ def serve_on(sock: socket.socket, app: Any, banner: str, *, shutdown_timeout: fl
                 begin()
             super().handle_exit(sig, frame)
 
+    http: Any = "auto"
+    try:  # httptools comes with uvicorn[standard]; without it uvicorn's own choice stands
+        from grantkeeper.api.serverproto import HeadHoldingHttpToolsProtocol
+
+        http = HeadHoldingHttpToolsProtocol
+    except ImportError:
+        pass
     config = uvicorn.Config(
         app,
         access_log=False,  # our AccessLog never logs query strings
@@ -66,7 +73,8 @@ def serve_on(sock: socket.socket, app: Any, banner: str, *, shutdown_timeout: fl
         proxy_headers=False,
         server_header=False,
         loop="auto",
-        http="auto",
+        # each response's head leaves with its body: one write, not two (api/serverproto.py)
+        http=http,
         # requests in flight (a token call waiting for its refresh) get this long; the
         # last second is left to the drain and the close, so the process exits in time
         timeout_graceful_shutdown=max(1, int(shutdown_timeout - 1)),

@@ -328,11 +328,17 @@ async def _refresh_leased(
     budget = lease_budget(rt)
     deadline = time.monotonic() + s.refresh_wait_timeout
     delay = 0.02
+    integ: IntegrationRecord | None = None
     while True:
+        # timed from before the claim is sent: the lease runs at most this long already
+        claimed_at = time.monotonic()
         try:
             async with rt.engine.begin() as conn:
                 claimed = await lease.claim(conn, environment_id, grant_id, owner, budget)
                 rec = await store.get(conn, environment_id, grant_id)
+                if claimed and rec is not None:
+                    # read with the claim: one transaction less before the provider call
+                    integ = await integration_store.get(conn, environment_id, rec.integration_id)
         except DB_ERRORS as exc:
             raise StoreUnavailable("the database is unavailable; retry shortly") from exc
         if rec is None:
@@ -355,7 +361,9 @@ async def _refresh_leased(
         delay = min(delay * 1.6, 0.25)
     progress = Progress()
     try:
-        return await _refresh_at_provider(rt, rec, owner, trigger, progress)
+        return await _refresh_at_provider(
+            rt, rec, owner, trigger, progress, integ=integ, claimed_at=claimed_at
+        )
     finally:
         if progress.unknown:
             # the provider may have rotated: nobody may present this refresh token again
@@ -404,11 +412,28 @@ async def _read(rt: Runtime, rec: GrantRecord) -> GrantRecord | None:
         return await store.get(conn, rec.environment_id, rec.id)
 
 
+def fresh_claim_seconds(rt: Runtime) -> float:
+    """How young a claim must be to go to the provider without renewing its lease first:
+    its lease then still covers the call and every persist retry, and leaves two thirds
+    of a term for the first renewal during the call."""
+    s = rt.settings
+    budget = lease_budget(rt)
+    return max(0.0, min(budget - (s.http_timeout + sum(PERSIST_DELAYS) + 2.0), budget / 3))
+
+
 async def _refresh_at_provider(
-    rt: Runtime, rec: GrantRecord, owner: str, trigger: str, progress: Progress
+    rt: Runtime,
+    rec: GrantRecord,
+    owner: str,
+    trigger: str,
+    progress: Progress,
+    *,
+    integ: IntegrationRecord | None = None,
+    claimed_at: float | None = None,
 ) -> GrantRecord:
-    async with reading(rt.engine) as conn:
-        integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
+    if integ is None:
+        async with reading(rt.engine) as conn:
+            integ = await integration_store.get(conn, rec.environment_id, rec.integration_id)
     if integ is None:
         raise NotFound("the grant's integration no longer exists")
     now = rt.clock.now()
@@ -439,8 +464,11 @@ async def _refresh_at_provider(
         )
         if resolved.resource:
             params["resource"] = resolved.resource  # RFC 8707: the token stays bound to it
-    # the lease must outlast the call and every persist retry from here on
-    renewed = await renew_lease(rt, rec, owner)
+    # the lease must outlast the call and every persist retry from here on; a claim young
+    # enough (discovery was cached, no wait) already does: its lease cannot have run out,
+    # so nobody else can hold the grant or have stored a newer generation
+    young = claimed_at is not None and time.monotonic() - claimed_at <= fresh_claim_seconds(rt)
+    renewed = True if young else await renew_lease(rt, rec, owner)
     if renewed is False:
         current = await _read(rt, rec)
         if current is None:

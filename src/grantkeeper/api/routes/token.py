@@ -14,6 +14,8 @@ Kept lean on purpose (docs/benchmarks.md has the numbers and the profile):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -260,6 +262,14 @@ async def _serve_hot(
             expires_at=exp,
             access_token=token,
         )
+    if not force and row.status == "active":
+        task = rt.inflight.get(row.id)
+        if task is not None and not task.done():
+            # this grant's refresh is running in this process: its result is what the whole
+            # read and ensure_fresh would wait for (a refresh storm parks at once)
+            with contextlib.suppress(Exception):  # failed: the usual path decides the answer
+                refreshed: GrantRecord = await asyncio.shield(task)
+                return principal, refreshed
     assert parsed is not None  # verify() passed
     _key, rec = await hot.read(parsed[0], gid)
     return principal, rec
