@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.burst import Answer, parallel_posts
 from tests.support.credapi import CredApi
 from tests.support.gk import Server, running_server
 from tests.support.oidc import OidcServer
@@ -342,10 +343,8 @@ def test_client_credentials_per_customer_client(gk_api: Server, oidc: OidcServer
     assert_nowhere(gk_api, [secret, tok.json()["access_token"]])
 
 
-async def _burst(base: str, key: str, gid: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits) as c:
-        return await asyncio.gather(*(c.post(f"{base}/v1/grants/{gid}/token", json={}) for _ in range(n)))
+async def _burst(base: str, key: str, gid: str, n: int) -> list[Answer]:
+    return await parallel_posts(f"{base}/v1/grants/{gid}/token", key, {}, n)
 
 
 @pytest.mark.oidc

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 from tests.integration.test_credential_kinds import (
@@ -22,6 +21,7 @@ from tests.integration.test_credential_kinds import (
     post,
     put_integration,
 )
+from tests.support.burst import Answer, parallel_posts
 from tests.support.gk import Server, require_postgres, running_server
 from tests.support.tokenapi import TokenApi
 
@@ -138,10 +138,8 @@ def test_google_service_account_json_es256_with_subject(gk_api: Server, token_ap
     assert_nowhere(gk_api, pem_lines(pem))
 
 
-async def _burst(base: str, key: str, gid: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits) as c:
-        return await asyncio.gather(*(c.post(f"{base}/v1/grants/{gid}/token", json={}) for _ in range(n)))
+async def _burst(base: str, key: str, gid: str, n: int) -> list[Answer]:
+    return await parallel_posts(f"{base}/v1/grants/{gid}/token", key, {}, n)
 
 
 def test_expired_jwt_grant_mints_once_for_concurrent_reads(gk_api: Server, token_api: TokenApi) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from tests.support.burst import Answer, parallel_posts
 from tests.support.flows import RETURN_URL, start_connect
 from tests.support.gk import Server, WebhookSink, running_server
 from tests.support.mcp_server import McpServer, sse_messages
@@ -259,13 +260,10 @@ def test_cimd_registration_is_fetched_and_checked_by_the_server(
         assert c.get(f"/v1/grants/{gid}").json()["status"] == "active"
 
 
-async def _burst(base: str, key: str, gid: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits) as c:
-        # min_ttl the refreshed token (120 s) satisfies: with a refresh budget of 0 (the test
-        # setting) a min_ttl above the token's lifetime may legitimately refresh again (CONTRACT v2)
-        body = {"min_ttl": 60}
-        return await asyncio.gather(*(c.post(f"{base}/v1/grants/{gid}/token", json=body) for _ in range(n)))
+async def _burst(base: str, key: str, gid: str, n: int) -> list[Answer]:
+    # min_ttl the refreshed token (120 s) satisfies: with a refresh budget of 0 (the test
+    # setting) a min_ttl above the token's lifetime may legitimately refresh again (CONTRACT v2)
+    return await parallel_posts(f"{base}/v1/grants/{gid}/token", key, {"min_ttl": 60}, n)
 
 
 def test_200_callers_on_an_expired_mcp_grant_refresh_once(

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from tests.support.burst import Answer, parallel_posts
 from tests.support.flows import connect_grant, setup_oidc_integration
 from tests.support.gk import (
     Server,
@@ -53,12 +54,10 @@ def expired_grant(server: Server, oidc: OidcServer, user: str, ttl: int = 2) -> 
     return gid
 
 
-async def _burst(base: str, key: str, gid: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits) as c:
-        # min_ttl below the new token's lifetime: one refresh serves the whole burst (the v2
-        # min_ttl refreshes whenever the token lives less, and the test budget is 0 s)
-        return await asyncio.gather(*(c.post(f"{base}/v1/grants/{gid}/token", json={"min_ttl": 30}) for _ in range(n)))
+async def _burst(base: str, key: str, gid: str, n: int) -> list[Answer]:
+    # min_ttl below the new token's lifetime: one refresh serves the whole burst (the v2
+    # min_ttl refreshes whenever the token lives less, and the test budget is 0 s)
+    return await parallel_posts(f"{base}/v1/grants/{gid}/token", key, {"min_ttl": 30}, n)
 
 
 def test_concurrent_requests_on_expired_grant_refresh_once(quiet_gk: Server, oidc: OidcServer) -> None:
@@ -78,16 +77,26 @@ def test_concurrent_requests_on_expired_grant_refresh_once(quiet_gk: Server, oid
 def test_four_processes_on_postgres_refresh_once(tmp_path: Path, oidc: OidcServer) -> None:
     require_postgres()
     with running_server("postgres", tmp_path, worker=False) as first:
-        others = []
+        others: list[Server] = []
+
+        def another() -> None:
+            port = free_port()
+            env = dict(first.env, GRANTKEEPER_PUBLIC_URL=first.env["GRANTKEEPER_PUBLIC_URL"])
+            others.append(start_server(env, port, tmp_path / f"p{port}.log", first.db, worker=False, admin_key=first.admin_key))
+
         try:
-            for _ in range(3):
-                port = free_port()
-                env = dict(first.env, GRANTKEEPER_PUBLIC_URL=first.env["GRANTKEEPER_PUBLIC_URL"])
-                others.append(start_server(env, port, tmp_path / f"p{port}.log", first.db, worker=False, admin_key=first.admin_key))
+            # the three others start side by side (each start is mostly a Python process
+            # importing; one after another they took half of this test)
+            starting = [threading.Thread(target=another) for _ in range(3)]
+            for t in starting:
+                t.start()
+            for t in starting:
+                t.join()
+            assert len(others) == 3, "a server did not start (see the exception above)"
             gid = expired_grant(first, oidc, "u-multi")
             before = refreshes(oidc)
 
-            async def all_at_once() -> list[httpx.Response]:
+            async def all_at_once() -> list[Answer]:
                 servers = [first, *others]
                 chunks = await asyncio.gather(*(_burst(s.base_url, first.admin_key, gid, 50) for s in servers))
                 return [r for chunk in chunks for r in chunk]

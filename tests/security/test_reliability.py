@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 from tests.security.fake_as import FakeAS
+from tests.support.burst import parallel_posts
 from tests.support.flows import connect_grant, setup_oidc_integration
 from tests.support.gk import Server
 from tests.support.oidc import OidcServer
@@ -47,16 +47,9 @@ def test_thousand_parallel_token_requests_one_refresh(gk: Server, oidc: OidcServ
     oidc.set_ttl(AccessToken=300)
     before = int(oidc.stats()["token"]["refresh_token"])
 
-    async def burst() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {gk.admin_key}"}, timeout=120, limits=limits
-        ) as c:
-            return await asyncio.gather(
-                *(c.post(f"{gk.base_url}/v1/grants/{gid}/token", json={"min_ttl": 30}) for _ in range(1000))
-            )
-
-    results = asyncio.run(burst())
+    # all 1,000 started together over 200 connections (the client: see tests/support/burst.py)
+    results = asyncio.run(parallel_posts(f"{gk.base_url}/v1/grants/{gid}/token", gk.admin_key, {"min_ttl": 30}, 1000, connections=200, timeout=120))
+    assert len(results) == 1000
     codes = {r.status_code for r in results}
     assert codes == {200}, {(r.status_code, r.text[:100]) for r in results if r.status_code != 200}
     assert len({r.json()["access_token"] for r in results}) == 1
