@@ -3,20 +3,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
-from tests.support.gk import Server
+from tests.support.gk import BACKENDS, Server, require_postgres, running_server
 
 HOSTILE_ORIGINS = ("https://evil.tld", "null", "http://127.0.0.1.evil.tld")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def probed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One grantkeeper (API + worker) per backend for the probes below that change nothing:
+    each probe is a request that must be refused or answered without a grant, so they need
+    no fresh server each (25 server starts per backend, most of this file's time, before)."""
+    backend: str = request.param
+    if backend == "postgres":
+        require_postgres()
+    with running_server(backend, tmp_path_factory.mktemp(f"probed-{backend}")) as server:
+        yield server
 
 
 @pytest.mark.parametrize(
     "slug",
     ["nope", "..", "%2e%2e", "..%2f..%2fetc%2fpasswd", "oidc%00", "OIDC", "google%2F..", "a" * 300],
 )
-def test_unknown_or_dotted_provider_slug_is_404(gk: Server, slug: str) -> None:
+def test_unknown_or_dotted_provider_slug_is_404(probed: Server, slug: str) -> None:
     """28: unknown or '..' provider slugs -> 404, never a file or another entry."""
-    with gk.client() as c:
+    with probed.client() as c:
         r = c.get(f"/v1/providers/{slug}")
         assert r.status_code == 404, (slug, r.status_code, r.text[:200])
         assert r.headers["content-type"].startswith("application/problem+json")
@@ -24,8 +38,8 @@ def test_unknown_or_dotted_provider_slug_is_404(gk: Server, slug: str) -> None:
 
 
 @pytest.mark.parametrize("provider", ["nope", "..", "../oidc", "oidc/..", "google-mail/../oidc"])
-def test_integration_with_unknown_provider_is_refused(gk: Server, provider: str) -> None:
-    with gk.client() as c:
+def test_integration_with_unknown_provider_is_refused(probed: Server, provider: str) -> None:
+    with probed.client() as c:
         r = c.put(
             "/v1/integrations/x1",
             json={
@@ -42,11 +56,11 @@ def test_integration_with_unknown_provider_is_refused(gk: Server, provider: str)
 
 @pytest.mark.parametrize("origin", HOSTILE_ORIGINS)
 @pytest.mark.parametrize("path", ["/v1/grants", "/v1/connect/sessions", "/oauth/callback", "/healthz"])
-def test_preflight_with_hostile_origin_gets_no_wildcard_with_credentials(gk: Server, origin: str, path: str) -> None:
+def test_preflight_with_hostile_origin_gets_no_wildcard_with_credentials(probed: Server, origin: str, path: str) -> None:
     """29: OPTIONS with a hostile Origin: never ACAO '*' together with credentials, never the
     origin reflected, and no CORS grant on the real request either."""
     r = httpx.options(
-        gk.base_url + path,
+        probed.base_url + path,
         headers={
             "Origin": origin,
             "Access-Control-Request-Method": "POST",
@@ -58,7 +72,7 @@ def test_preflight_with_hostile_origin_gets_no_wildcard_with_credentials(gk: Ser
     acac = r.headers.get("access-control-allow-credentials", "").lower()
     assert not (acao == "*" and acac == "true")
     assert acao != origin
-    real = httpx.get(gk.base_url + path, headers={"Origin": origin, "Authorization": f"Bearer {gk.admin_key}"})
+    real = httpx.get(probed.base_url + path, headers={"Origin": origin, "Authorization": f"Bearer {probed.admin_key}"})
     assert real.headers.get("access-control-allow-origin") not in (origin, "*")
     assert real.headers.get("access-control-allow-credentials") is None
 
