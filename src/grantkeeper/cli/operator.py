@@ -102,7 +102,8 @@ async def _environment_id(rt: Runtime, name: str) -> str:
 @asynccontextmanager
 async def _opened(settings: Settings, environment: str) -> AsyncIterator[_Ctx]:
     upgrade(settings.database_url)
-    rt = await open_runtime(settings)
+    # the provider catalog only when a command needs an entry (refresh, revoke, import)
+    rt = await open_runtime(settings, read_catalog=False)
     try:
         yield _Ctx(rt, await _environment_id(rt, environment))
     finally:
