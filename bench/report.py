@@ -160,7 +160,7 @@ def render(r: dict[str, Any]) -> str:
             )
             + f" | one refresh: {_ok(ok)}; p99 < 200 ms: {_ok(st['p99_ms'] < 200)} |"
         )
-    for key in ("proactive", "proactive_1m"):
+    for key in ("proactive", "proactive_2w", "proactive_1m"):
         pr = r.get(key)
         if not pr:
             continue
@@ -221,7 +221,7 @@ def render(r: dict[str, Any]) -> str:
             "Memory samples (reads, RSS MB): "
             + ", ".join(f"{a:,}: {b}" for a, b in mem["samples"]),
         ]
-    for key in ("proactive", "proactive_1m"):
+    for key in ("proactive", "proactive_2w", "proactive_1m"):
         pr = r.get(key)
         if pr:
             out += [

@@ -62,6 +62,10 @@ class HeadHolding:
         self.flush()
         self._t.close()
 
+    def write_eof(self) -> None:
+        self.flush()
+        self._t.write_eof()
+
     def is_closing(self) -> bool:
         return self._t.is_closing()
 

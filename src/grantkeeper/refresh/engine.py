@@ -44,7 +44,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from grantkeeper import audit, events, tracing
 from grantkeeper.clock import iso
@@ -61,7 +61,7 @@ from grantkeeper.errors import (
     RefreshBusy,
     StoreUnavailable,
 )
-from grantkeeper.grants import grant_view, open_token, token_columns
+from grantkeeper.grants import grant_view, open_token, token_aad, token_columns
 from grantkeeper.integrations import ResolvedIntegration, resolve
 from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, revoke_token, token_request
 from grantkeeper.providers.catalog import MINTING_MODES, ProviderSpec
@@ -76,11 +76,13 @@ from grantkeeper.store.records import GrantRecord, IntegrationRecord
 from grantkeeper.store.unavailable import DB_ERRORS
 
 __all__ = [
+    "GrantState",
     "IssuedToken",
     "Progress",
     "RefreshedColumns",
     "drain",
     "ensure_fresh",
+    "fresh_claim_seconds",
     "in_backoff",
     "integration_failed",
     "integration_recovered",
@@ -121,7 +123,49 @@ class IssuedToken:
         return f"IssuedToken(grant_id={self.grant_id!r}, expires_at={self.expires_at!r})"
 
 
-def raise_for_status(rec: GrantRecord) -> None:
+class GrantState(Protocol):
+    """What deciding on a refresh and serving a grant's token read of it: a ``GrantRecord``,
+    or the token read's slim row (``store.hotpath.TokenRow``), so a read that must refresh
+    first needs no second read of the whole row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def environment_id(self) -> str: ...
+    @property
+    def integration_id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def token_type(self) -> str: ...
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+    @property
+    def access_token_ct(self) -> bytes | None: ...
+    @property
+    def access_token_expires_at(self) -> float | None: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def has_refresh_token(self) -> bool: ...
+    @property
+    def last_refreshed_at(self) -> float | None: ...
+    @property
+    def retry_at(self) -> float | None: ...
+    @property
+    def failure_code(self) -> str | None: ...
+    @property
+    def failure_description(self) -> str | None: ...
+    @property
+    def failed_at(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=GrantState)
+
+
+def raise_for_status(rec: GrantState) -> None:
     if rec.status == "revoked":
         raise GrantRevoked("the grant was revoked")
     if rec.status == "invalid":
@@ -144,27 +188,29 @@ def lease_budget(rt: Runtime) -> float:
     return max(s.refresh_lease_seconds, s.http_timeout + sum(PERSIST_DELAYS) + 2.0)
 
 
-def _mints(rt: Runtime, rec: GrantRecord) -> bool:
+def _mints(rt: Runtime, rec: GrantState) -> bool:
     """Kinds whose tokens the vault mints (client credentials, JWT bearer, GitHub App)."""
     return rec.provider in rt.catalog and rt.catalog.get(rec.provider).auth_mode in MINTING_MODES
 
 
-def _valid(rec: GrantRecord, now: float, ttl: float = 1.0) -> bool:
+def _valid(rec: GrantState, now: float, ttl: float = 1.0) -> bool:
     if rec.access_token_ct is None:
         return False
     exp = rec.access_token_expires_at
     return exp is None or exp - now >= ttl
 
 
-def in_backoff(rt: Runtime, rec: GrantRecord) -> bool:
+def in_backoff(rt: Runtime, rec: GrantState) -> bool:
     """The provider failed recently for this grant: no call before ``retry_at``."""
     return rec.retry_at is not None and rec.retry_at > rt.clock.now()
 
 
-def issued(rt: Runtime, rec: GrantRecord) -> IssuedToken:
-    token = open_token(rt.vault, rec, "access_token")
-    if token is None:
+def issued(rt: Runtime, rec: GrantState) -> IssuedToken:
+    if rec.access_token_ct is None:
         raise ProviderUnavailable("no access token is available for this grant yet")
+    token = rt.vault.open_str(
+        rec.access_token_ct, token_aad(rec.environment_id, rec.id, "access_token", rec.version)
+    )
     return IssuedToken(
         access_token=token,
         token_type=rec.token_type,
@@ -176,11 +222,11 @@ def issued(rt: Runtime, rec: GrantRecord) -> IssuedToken:
 
 async def ensure_fresh(
     rt: Runtime,
-    rec: GrantRecord,
+    rec: S,
     *,
     min_ttl: float,
     force: bool,
-) -> GrantRecord:
+) -> S | GrantRecord:
     """Return a record whose access token lives at least ``min_ttl`` (refreshing once if needed).
 
     ``rec`` was just read by the caller (who checked environment and scope). The
@@ -193,7 +239,7 @@ async def ensure_fresh(
     now = rt.clock.now()
     if not force and _valid(rec, now, min_ttl):
         return rec
-    if rec.refresh_token_ct is None and not _mints(rt, rec):
+    if not rec.has_refresh_token and not _mints(rt, rec):
         if _valid(rec, now, 0.0):
             return rec  # nothing to refresh with: the best we have is still valid
         raise GrantInvalid(

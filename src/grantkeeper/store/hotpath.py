@@ -20,9 +20,11 @@ pool bookkeeping and its rollback-on-return cost more than the query):
 * ``db_pool_size`` dedicated asyncpg connections behind a free list (``store.pgconns``; a
   small set beats a large one on few cores, and asyncpg's Pool cost more than the query):
   the statements below are single autocommit statements that leave no session state;
-* the common read (``read_token``) selects only the columns a served token needs: the
-  key's, and the grant's status, expiry, scopes, version and access-token ciphertext.
-  Anything else (a refresh is due, the grant is not active) re-reads the whole row;
+* the read (``read_token``) selects only the columns the answer needs: the
+  key's, and of the grant what serving its token or deciding to refresh it first needs
+  (status, expiry, scopes, version, access-token ciphertext, whether there is a refresh
+  token, backoff and failure): never the refresh token, which only a refresh reads,
+  under its lease;
 * reads are grouped the same way (``store.groupread``): a read that finds a connection
   free runs at once as one prepared statement; reads that arrive while the others are
   busy go together in the next statement (``unnest`` of key and grant ids), and callers
@@ -51,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.store.groupread import GroupRead
 from grantkeeper.store.pgconns import PgConns
-from grantkeeper.store.records import ApiKeyRecord, GrantRecord
+from grantkeeper.store.records import ApiKeyRecord
 
 __all__ = ["HotPath", "TokenRow"]
 
@@ -59,51 +61,35 @@ _KEY_COLS = (
     "id", "environment_id", "name", "secret_hash", "scopes", "integration_ids",
     "created_at", "revoked_at", "last_used_at",
 )  # fmt: skip
-_GRANT_COLS = tuple(GrantRecord.__dataclass_fields__)
 _NK = len(_KEY_COLS)
 
 # column names are constants; every value is a bind parameter
-_READ = (
-    "SELECT "  # noqa: S608
-    + ", ".join(f"k.{c}" for c in _KEY_COLS)
-    + ", "
-    + ", ".join(f"g.{c}" for c in _GRANT_COLS)
-    + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
-    " WHERE k.id = $1"
-)
-#: what serving a token reads of the grant (``TokenRow``); the rest only when it is not served
+#: what serving a token, or deciding to refresh it first, reads of the grant (``TokenRow``):
+#: never the refresh token itself, only whether there is one
 _TOKEN_COLS = (
-    "id", "integration_id", "provider", "status", "token_type", "scopes", "access_token_ct",
-    "access_token_expires_at", "version",
+    "g.id", "g.integration_id", "g.provider", "g.status", "g.token_type", "g.scopes",
+    "g.access_token_ct", "g.access_token_expires_at", "g.version",
+    "g.refresh_token_ct IS NOT NULL", "g.last_refreshed_at", "g.retry_at", "g.failure_code",
+    "g.failure_description", "g.failed_at",
 )  # fmt: skip
 _READ_TOKEN = (
     "SELECT "  # noqa: S608
     + ", ".join(f"k.{c}" for c in _KEY_COLS)
     + ", "
-    + ", ".join(f"g.{c}" for c in _TOKEN_COLS)
+    + ", ".join(_TOKEN_COLS)
     + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
     " WHERE k.id = $1"
 )
-# the "many" forms (``store.groupread``): one row per (key id, grant id) pair that has a key,
+# the "many" form (``store.groupread``): one row per (key id, grant id) pair that has a key,
 # numbered by its position in the arrays
-_FROM_MANY = (
-    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kid, gid, n)"
-    " JOIN api_keys k ON k.id = q.kid"
-    " LEFT JOIN grants g ON g.id = q.gid AND g.environment_id = k.environment_id"
-)
-_READ_MANY = (
-    "SELECT q.n, "  # noqa: S608
-    + ", ".join(f"k.{c}" for c in _KEY_COLS)
-    + ", "
-    + ", ".join(f"g.{c}" for c in _GRANT_COLS)
-    + _FROM_MANY
-)
 _READ_TOKEN_MANY = (
     "SELECT q.n, "  # noqa: S608
     + ", ".join(f"k.{c}" for c in _KEY_COLS)
     + ", "
-    + ", ".join(f"g.{c}" for c in _TOKEN_COLS)
-    + _FROM_MANY
+    + ", ".join(_TOKEN_COLS)
+    + " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kid, gid, n)"
+    " JOIN api_keys k ON k.id = q.kid"
+    " LEFT JOIN grants g ON g.id = q.gid AND g.environment_id = k.environment_id"
 )
 _AUDIT = (
     "INSERT INTO audit_events (environment_id, at, actor, action, grant_id, integration_id, detail)"
@@ -122,11 +108,11 @@ _MAX_BATCH = 512
 _Row = tuple[str, float, str, str, str, str]
 _Pair = tuple[str, "str | None"]
 _KeyToken = tuple["ApiKeyRecord | None", "TokenRow | None"]
-_KeyGrant = tuple["ApiKeyRecord | None", "GrantRecord | None"]
 
 
 class TokenRow(NamedTuple):
-    """The columns of a grant that serving its access token needs."""
+    """The columns of a grant that serving its access token, or refreshing it first, needs
+    (``refresh.engine.GrantState``)."""
 
     id: str
     environment_id: str
@@ -138,6 +124,12 @@ class TokenRow(NamedTuple):
     access_token_ct: bytes | None
     access_token_expires_at: float | None
     version: int
+    has_refresh_token: bool
+    last_refreshed_at: float | None
+    retry_at: float | None
+    failure_code: str | None
+    failure_description: str | None
+    failed_at: float | None
 
 
 def _tuple(v: str | None) -> tuple[str, ...] | None:
@@ -157,9 +149,6 @@ class HotPath:
         lanes = max(1, size - 1)
         self._token_reads: GroupRead[_Pair, _KeyToken] = GroupRead(
             self._read_token_one, self._read_token_many, lanes
-        )
-        self._full_reads: GroupRead[_Pair, _KeyGrant] = GroupRead(
-            self._read_one, self._read_many, lanes
         )
         # rows waiting for the next audit write, and whether a write is in flight
         self._pending: list[tuple[_Row, asyncio.Future[None]]] = []
@@ -186,7 +175,6 @@ class HotPath:
 
     async def close(self) -> None:
         await self._token_reads.close()
-        await self._full_reads.close()
         await self.conns.close()
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
@@ -225,12 +213,6 @@ class HotPath:
         exists in the key's environment)."""
         return await self._token_reads.get((key_id, grant_id))
 
-    async def read(
-        self, key_id: str, grant_id: str | None
-    ) -> tuple[ApiKeyRecord | None, GrantRecord | None]:
-        """The key (if it exists) and the grant (if it exists in the key's environment)."""
-        return await self._full_reads.get((key_id, grant_id))
-
     async def _read_token_one(self, pair: _Pair) -> _KeyToken:
         row = await self._fetchrow(_READ_TOKEN, *pair)
         return self._token_pair(tuple(row)) if row is not None else (None, None)
@@ -239,14 +221,6 @@ class HotPath:
         rows = await self._fetch_many(_READ_TOKEN_MANY, pairs)
         return [self._token_pair(v) if v is not None else (None, None) for v in rows]
 
-    async def _read_one(self, pair: _Pair) -> _KeyGrant:
-        row = await self._fetchrow(_READ, *pair)
-        return self._grant_pair(tuple(row)) if row is not None else (None, None)
-
-    async def _read_many(self, pairs: list[_Pair]) -> list[_KeyGrant]:
-        rows = await self._fetch_many(_READ_MANY, pairs)
-        return [self._grant_pair(v) if v is not None else (None, None) for v in rows]
-
     def _token_pair(self, v: tuple[Any, ...]) -> _KeyToken:
         key = self._key(v)
         if v[_NK] is None:
@@ -254,16 +228,8 @@ class HotPath:
         return key, TokenRow(
             v[_NK], v[1], v[_NK + 1], v[_NK + 2], v[_NK + 3], v[_NK + 4],
             _tuple(v[_NK + 5]) or (), v[_NK + 6], v[_NK + 7], v[_NK + 8],
+            v[_NK + 9], v[_NK + 10], v[_NK + 11], v[_NK + 12], v[_NK + 13], v[_NK + 14],
         )  # fmt: skip
-
-    def _grant_pair(self, v: tuple[Any, ...]) -> _KeyGrant:
-        key = self._key(v)
-        if v[_NK] is None:
-            return key, None
-        g = dict(zip(_GRANT_COLS, v[_NK:], strict=True))
-        g["scopes"] = _tuple(g["scopes"]) or ()
-        g["token_extra"] = orjson.loads(g["token_extra"])
-        return key, GrantRecord(**g)
 
     async def audit_issued(
         self,

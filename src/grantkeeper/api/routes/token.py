@@ -5,17 +5,16 @@ Kept lean on purpose (docs/benchmarks.md has the numbers and the profile):
 * served by a raw ASGI endpoint (a Starlette ``Route`` matched before the FastAPI
   route, which stays only for the OpenAPI description): no dependency solving,
   no ``Request`` object, no pydantic; errors still go through the app's handlers;
-* on PostgreSQL one round trip reads the API key and the columns of the grant a served
-  token needs, and the audit row is group-committed, both on a few dedicated asyncpg
-  connections (``store.hotpath``); a grant that needs more (a refresh) is re-read whole;
-  on SQLite one read transaction through the engine, as before;
+* on PostgreSQL one round trip reads the API key and the columns of the grant that serving
+  its token, or deciding to refresh it first, needs (never the refresh token itself); the
+  audit row is group-committed; both on a few dedicated asyncpg connections
+  (``store.hotpath``), reads grouped under load (``store.groupread``). A refresh reads the
+  whole grant under its lease; on SQLite one read transaction through the engine, as before;
 * the body is parsed with orjson and the answer written with orjson.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,7 +29,7 @@ from grantkeeper import audit, ratelimit, tracing
 from grantkeeper.api.deps import bearer, missing_key, parse_bearer, unauthenticated_request
 from grantkeeper.apikeys import Principal, authenticate, parse_key, verify
 from grantkeeper.clock import iso as _iso
-from grantkeeper.credential_grants import has_access_token, provider_has_access_token
+from grantkeeper.credential_grants import provider_has_access_token
 from grantkeeper.errors import (
     InvalidInput,
     MalformedJson,
@@ -40,12 +39,11 @@ from grantkeeper.errors import (
     UnsupportedMediaType,
 )
 from grantkeeper.grants import is_grant_id, token_aad
-from grantkeeper.refresh.engine import ensure_fresh, issued, raise_for_status
+from grantkeeper.refresh.engine import GrantState, ensure_fresh, issued, raise_for_status
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import grants as store
 from grantkeeper.store.db import reading
-from grantkeeper.store.hotpath import HotPath
-from grantkeeper.store.records import GrantRecord
+from grantkeeper.store.hotpath import HotPath, TokenRow
 
 router = APIRouter(tags=["grants"])
 _PATH = "/v1/grants/{grant_id}/token"
@@ -227,9 +225,11 @@ async def _answer(
 
 async def _serve_hot(
     rt: Runtime, hot: HotPath, raw_key: str, gid: str | None, min_ttl: int, force: bool
-) -> tuple[Principal, GrantRecord | None] | Response:
+) -> tuple[Principal, TokenRow] | Response:
     """PostgreSQL: the common case (an active grant whose token lives long enough) answered
-    from the few columns it needs; anything else returns the whole record for ``_serve``."""
+    at once; anything else (refresh first, refuse) goes on in ``_serve`` with the same row:
+    it holds what that decision needs (``refresh.engine.GrantState``), a refresh reads the
+    whole grant under its lease."""
     parsed = parse_key(raw_key)
     key, row = await hot.read_token(parsed[0], gid) if parsed else (None, None)
     principal = verify(parsed, key)
@@ -262,17 +262,7 @@ async def _serve_hot(
             expires_at=exp,
             access_token=token,
         )
-    if not force and row.status == "active":
-        task = rt.inflight.get(row.id)
-        if task is not None and not task.done():
-            # this grant's refresh is running in this process: its result is what the whole
-            # read and ensure_fresh would wait for (a refresh storm parks at once)
-            with contextlib.suppress(Exception):  # failed: the usual path decides the answer
-                refreshed: GrantRecord = await asyncio.shield(task)
-                return principal, refreshed
-    assert parsed is not None  # verify() passed
-    _key, rec = await hot.read(parsed[0], gid)
-    return principal, rec
+    return principal, row
 
 
 async def _serve(
@@ -289,6 +279,7 @@ async def _serve(
     if query:
         min_ttl, force = _merge_query(query, raw, min_ttl, force)
     gid = grant_id if is_grant_id(grant_id) else None
+    rec: GrantState | None
     if rt.hotpath is not None:
         hot = await _serve_hot(rt, rt.hotpath, raw_key, gid, min_ttl, force)
         if isinstance(hot, Response):
@@ -302,22 +293,22 @@ async def _serve(
         principal.require("credentials:read")
     if rec is None or not principal.may_use_integration(rec.integration_id):
         raise NotFound("no such grant")
-    if not has_access_token(rt, rec):
+    if not provider_has_access_token(rt, rec.provider):
         raise_for_status(rec)
         raise NoAccessToken(
             "this grant holds credentials, not an access token: use POST "
             f"/v1/grants/{rec.id}/credentials"
         )
-    rec = await ensure_fresh(rt, rec, min_ttl=min_ttl, force=force)
-    token = issued(rt, rec)
+    fresh = await ensure_fresh(rt, rec, min_ttl=min_ttl, force=force)
+    token = issued(rt, fresh)
     return await _answer(
         rt,
         principal,
-        environment_id=rec.environment_id,
+        environment_id=fresh.environment_id,
         grant_id=token.grant_id,
-        integration_id=rec.integration_id,
-        provider=rec.provider,
-        version=rec.version,
+        integration_id=fresh.integration_id,
+        provider=fresh.provider,
+        version=fresh.version,
         token_type=token.token_type,
         scopes=token.scopes,
         expires_at=token.expires_at,
