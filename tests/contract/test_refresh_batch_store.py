@@ -210,3 +210,36 @@ async def test_provider_slots_pool_never_exceeds_the_cap(engine: AsyncEngine) ->
     async with reading(engine) as conn:
         owners = (await conn.execute(select(t.refresh_slots.c.owner))).scalars().all()
     assert owners == [None, None]  # closed pools give their slots back
+
+
+async def test_renew_many_fences_each_grant_on_its_generation_and_lease(
+    engine: AsyncEngine, envs: tuple[str, str]
+) -> None:
+    a, _ = envs
+    ids = [await add_grant(engine, a, user_id=f"r{i}", refresh_due_at=NOW - 10) for i in range(6)]
+    async with engine.begin() as conn:
+        assert len(await lease.claim_due_records(conn, "me", NOW, 30, 10)) == 6
+        # 1: newer generation stored meanwhile; 2: went invalid; 3: another owner's live
+        # lease; 4: our lease ran out and nobody took it (re-taken); 5: ran out, another
+        # process took it and let go after storing the next generation (never re-taken)
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[1]).values(version=2))
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[2]).values(status="invalid"))
+        await conn.execute(
+            t.grants.update().where(t.grants.c.id == ids[3]).values(lease_owner="other", lease_until=time.time() + 60)
+        )
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[4]).values(lease_until=0.0))
+        await conn.execute(
+            t.grants.update().where(t.grants.c.id == ids[5]).values(lease_owner=None, lease_until=None, version=2)
+        )
+    async with engine.begin() as conn:
+        assert await lease.renew_many(conn, "me", 45, []) == set()
+        renewed = await lease.renew_many(conn, "me", 45, [(g, 1) for g in ids])
+    assert renewed == {ids[0], ids[4]}
+    async with reading(engine) as conn:
+        recs = {g: await grants.get(conn, a, g) for g in ids}
+    for g in (ids[0], ids[4]):
+        r = recs[g]
+        assert r is not None and r.lease_owner == "me" and r.lease_until is not None
+        assert abs(r.lease_until - (time.time() + 45)) < 5
+    assert recs[ids[3]].lease_owner == "other"  # type: ignore[union-attr]
+    assert recs[ids[5]].lease_owner is None  # type: ignore[union-attr]

@@ -53,6 +53,7 @@ __all__ = [
     "release",
     "release_claimed",
     "renew",
+    "renew_many",
     "write_tokens",
     "write_tokens_many",
 ]
@@ -117,6 +118,53 @@ async def renew(
         .values(lease_owner=owner, lease_until=db_now(conn) + seconds)
     )
     return r.rowcount > 0
+
+
+async def renew_many(
+    conn: AsyncConnection, owner: str, seconds: float, rows: Sequence[tuple[str, int]]
+) -> set[str]:
+    """``renew`` for many grants at once: ``[(grant_id, version)]``, each fenced on its own
+    generation, status and lease exactly as ``renew``; returns the ids renewed.
+    PostgreSQL: one ``UPDATE ... FROM unnest(...)``; SQLite: one UPDATE per grant."""
+    if not rows:
+        return set()
+    if conn.dialect.name != "postgresql":
+        stmt = (
+            update(grants)
+            .where(
+                grants.c.id == bindparam("r_id"),
+                grants.c.status == "active",
+                grants.c.version == bindparam("r_version"),
+                _free_or_ours(conn, owner),
+            )
+            .values(lease_owner=owner, lease_until=db_now(conn) + seconds)
+        )
+        renewed: set[str] = set()
+        for gid, version in rows:
+            r = await conn.execute(stmt, {"r_id": gid, "r_version": version})
+            if r.rowcount:
+                renewed.add(gid)
+        return renewed
+    r = await conn.execute(
+        text(_PG_RENEW_MANY),
+        {
+            "ids": [gid for gid, _ in rows],
+            "versions": [v for _, v in rows],
+            "owner": owner,
+            "seconds": seconds,
+        },
+    )
+    return {row[0] for row in r.all()}
+
+
+_PG_RENEW_MANY = (
+    "UPDATE grants AS g SET lease_owner = :owner, lease_until = "
+    "CAST(extract(epoch FROM clock_timestamp()) AS float8) + CAST(:seconds AS float8) "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:versions AS int4[])) AS v(id, version) "
+    "WHERE g.id = v.id AND g.version = v.version AND g.status = 'active' "
+    "AND (g.lease_owner IS NULL OR g.lease_owner = :owner OR g.lease_until IS NULL "
+    "OR g.lease_until < extract(epoch FROM clock_timestamp())) RETURNING g.id"
+)
 
 
 async def release(conn: AsyncConnection, environment_id: str, grant_id: str, owner: str) -> bool:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from grantkeeper.errors import (
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 #: most results one group commit writes
 WRITE_BATCH = 500
 
+_T = TypeVar("_T")
+
 
 @dataclass(slots=True)
 class _Done:
@@ -66,22 +68,21 @@ class _Done:
     now: float
 
 
-class _Writer:
-    """Group commit of refresh results: one transaction per batch, never waiting for a
-    timer (a lone result is written at once)."""
+class _GroupCommit(Generic[_T]):
+    """One statement (one transaction) for many waiters, never waiting for a timer: a lone
+    item is written at once, under load the items that arrived during the previous round
+    trip go together. ``_flush`` returns the ids it did, or None when the database failed."""
 
     def __init__(self, rt: Runtime, owner: str) -> None:
         self._rt = rt
         self._owner = owner
-        self._queue: list[tuple[_Done, asyncio.Future[bool]]] = []
+        self._queue: list[tuple[_T, str, asyncio.Future[bool | None]]] = []
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
 
-    async def write(self, done: _Done) -> bool:
-        """True once committed; False when the fence did not match or the database failed
-        (the caller then takes the engine's retrying, re-reading persist path)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((done, fut))
+    async def _submit(self, item: _T, key: str) -> bool | None:
+        fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, key, fut))
         self._wake.set()
         return await asyncio.shield(fut)
 
@@ -91,10 +92,51 @@ class _Writer:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
-                written = await self._flush([d for d, _ in batch])
-                for d, fut in batch:
+                done = await self._flush([item for item, _, _ in batch])
+                for _, key, fut in batch:
                     if not fut.done():
-                        fut.set_result(d.rec.id in written)
+                        fut.set_result(None if done is None else key in done)
+
+    async def _flush(self, batch: list[_T]) -> set[str] | None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        # called once every waiter has its answer: nothing is queued or being written
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class _Renewer(_GroupCommit[GrantRecord]):
+    """Renewals of claimed leases right before their provider calls, many per statement;
+    each fenced on its own generation, status and lease (``lease.renew_many``)."""
+
+    async def renew(self, rec: GrantRecord) -> bool | None:
+        """As ``engine.renew_lease``: False when another owner holds the grant, it left
+        ``active`` or moved past ``rec.version``; None when the database did not answer."""
+        return await self._submit(rec, rec.id)
+
+    async def _flush(self, batch: list[GrantRecord]) -> set[str] | None:
+        try:
+            async with self._rt.engine.begin() as conn:
+                return await lease.renew_many(
+                    conn,
+                    self._owner,
+                    engine.lease_budget(self._rt),
+                    [(r.id, r.version) for r in batch],
+                )
+        except DB_ERRORS as exc:
+            log.warning("batched lease renewal failed (%s)", type(exc).__name__)
+            return None
+
+
+class _Writer(_GroupCommit[_Done]):
+    """Group commit of refresh results: one transaction per batch."""
+
+    async def write(self, done: _Done) -> bool:
+        """True once committed; False when the fence did not match or the database failed
+        (the caller then takes the engine's retrying, re-reading persist path)."""
+        return bool(await self._submit(done, done.rec.id))
 
     async def _flush(self, batch: list[_Done]) -> set[str]:
         # rows must share their columns: group by the column set
@@ -129,12 +171,6 @@ class _Writer:
             log.warning("batched refresh write failed (%s); writing one by one", type(exc).__name__)
             return set()
 
-    async def close(self) -> None:
-        # called once every writer has its answer: nothing is queued or being written
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
 
 def _host(url: str) -> str:
     """The slot key: one concurrency cap per provider host."""
@@ -157,6 +193,7 @@ class _Pipeline:
             call_budget=s.http_timeout + 1.0,
         )
         self.writer = _Writer(rt, owner)
+        self.renewer = _Renewer(rt, owner)
         self.calls = asyncio.Semaphore(s.worker_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
@@ -258,7 +295,7 @@ class _Pipeline:
                         # a slot on a loaded machine: another process may be presenting this
                         # refresh token right now, or may have spent it and stored the next
                         # generation already; the renewal is fenced on both
-                        if await engine.renew_lease(rt, rec, self.owner) is False:
+                        if await self.renewer.renew(rec) is False:
                             log.info(
                                 "grant %s: the claim ran out and another process has the "
                                 "grant or refreshed it; giving it up",
@@ -445,4 +482,5 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
         if p.tasks:
             await asyncio.gather(*list(p.tasks), return_exceptions=True)
         await p.writer.close()
+        await p.renewer.close()
         await p.slots.close()
