@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.contract.test_store_contract import (
@@ -15,6 +17,7 @@ from tests.contract.test_store_contract import (
 )
 
 from grantkeeper.refresh import lease, slots
+from grantkeeper.refresh.pgbatch import PgBatch
 from grantkeeper.store import audit, grants
 from grantkeeper.store import tables as t
 from grantkeeper.store.db import reading
@@ -243,3 +246,126 @@ async def test_renew_many_fences_each_grant_on_its_generation_and_lease(
         assert abs(r.lease_until - (time.time() + 45)) < 5
     assert recs[ids[3]].lease_owner == "other"  # type: ignore[union-attr]
     assert recs[ids[5]].lease_owner is None  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------- PostgreSQL: refresh.pgbatch
+
+
+@pytest.fixture
+async def pg(engine: AsyncEngine) -> AsyncIterator[PgBatch]:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the prepared batch statements are PostgreSQL's")
+    batch = PgBatch.for_engine(engine)
+    try:
+        yield batch
+    finally:
+        await batch.close()
+
+
+async def test_pgbatch_claim_matches_the_store(engine: AsyncEngine, envs: tuple[str, str], pg: PgBatch) -> None:
+    a, b = envs
+    due = [await add_grant(engine, a, user_id=f"d{i}", refresh_due_at=NOW - 100 + i) for i in range(3)]
+    due.append(await add_grant(engine, b, user_id="db", refresh_due_at=NOW - 1, token_extra={"x": [1]}))
+    await add_grant(engine, a, user_id="later", refresh_due_at=NOW + 100)
+    await add_grant(engine, a, user_id="backoff", refresh_due_at=NOW - 100, retry_at=NOW + 50)
+    await add_grant(engine, a, user_id="invalid", refresh_due_at=NOW - 100, status="invalid")
+    await add_grant(
+        engine, a, user_id="leased", refresh_due_at=NOW - 100, lease_owner="x", lease_until=time.time() + 60
+    )
+    first = await pg.claim("w1", NOW, 30, 2)
+    assert [r.id for r in first] and sorted(r.id for r in first) == sorted(due[:2])  # oldest due first
+    rest = await pg.claim("w2", NOW, 30, 100)
+    assert sorted(r.id for r in rest) == sorted(due[2:])  # every environment, never twice
+    assert await pg.claim("w3", NOW, 30, 100) == []
+    async with reading(engine) as conn:
+        for r in first + rest:
+            # every column, typed as the store reads it (the record is built positionally)
+            assert r == await grants.get(conn, r.environment_id, r.id)
+            assert r.refresh_due_at == NOW + 30 and r.lease_owner in ("w1", "w2")
+            assert isinstance(r.scopes, tuple)
+
+
+async def test_pgbatch_claimers_are_disjoint(engine: AsyncEngine, envs: tuple[str, str], pg: PgBatch) -> None:
+    a, _ = envs
+    ids = [await add_grant(engine, a, user_id=f"c{i}", refresh_due_at=NOW - 10) for i in range(40)]
+    other = PgBatch.for_engine(engine)
+    try:
+        got = await asyncio.gather(*(b.claim(f"o{i}", NOW, 30, 7) for i, b in enumerate([pg, other] * 4)))
+    finally:
+        await other.close()
+    flat = [r.id for rs in got for r in rs]
+    flat += [r.id for r in await pg.claim("last", NOW, 30, 100)]
+    assert sorted(flat) == sorted(ids)
+
+
+async def test_pgbatch_renew_many_fences_like_the_store(
+    engine: AsyncEngine, envs: tuple[str, str], pg: PgBatch
+) -> None:
+    a, _ = envs
+    ids = [await add_grant(engine, a, user_id=f"r{i}", refresh_due_at=NOW - 10) for i in range(6)]
+    assert len(await pg.claim("me", NOW, 30, 10)) == 6
+    async with engine.begin() as conn:
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[1]).values(version=2))
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[2]).values(status="invalid"))
+        await conn.execute(
+            t.grants.update().where(t.grants.c.id == ids[3]).values(lease_owner="other", lease_until=time.time() + 60)
+        )
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[4]).values(lease_until=0.0))
+        await conn.execute(
+            t.grants.update().where(t.grants.c.id == ids[5]).values(lease_owner=None, lease_until=None, version=2)
+        )
+    assert await pg.renew_many("me", 45, []) == set()
+    assert await pg.renew_many("me", 45, [(g, 1) for g in ids]) == {ids[0], ids[4]}
+    async with reading(engine) as conn:
+        recs = {g: await grants.get(conn, a, g) for g in ids}
+    for g in (ids[0], ids[4]):
+        r = recs[g]
+        assert r is not None and r.lease_owner == "me" and r.lease_until is not None
+        assert abs(r.lease_until - (time.time() + 45)) < 5
+    assert recs[ids[3]].lease_owner == "other"  # type: ignore[union-attr]
+    assert recs[ids[5]].lease_owner is None  # type: ignore[union-attr]
+
+
+async def test_pgbatch_write_many_fences_each_grant_and_audits_what_it_wrote(
+    engine: AsyncEngine, envs: tuple[str, str], pg: PgBatch
+) -> None:
+    a, _ = envs
+    ids = [await add_grant(engine, a, user_id=f"w{i}", refresh_due_at=NOW - 10) for i in range(5)]
+    assert len(await pg.claim("me", NOW, 30, 10)) == 5
+    async with engine.begin() as conn:
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[1]).values(version=2))
+        await conn.execute(t.grants.update().where(t.grants.c.id == ids[2]).values(status="invalid"))
+        await conn.execute(
+            t.grants.update().where(t.grants.c.id == ids[3]).values(lease_owner="other", lease_until=time.time() + 60)
+        )
+    rows = [(g, 1, _values(i), NOW + i, i % 2 == 0) for i, g in enumerate(ids)]
+    assert await pg.write_many("me", rows) == {ids[0], ids[4]}
+    async with reading(engine) as conn:
+        recs = {g: await grants.get(conn, a, g) for g in ids}
+        events, _ = await audit.list_events(conn, a)
+    r0, r4 = recs[ids[0]], recs[ids[4]]
+    assert r0 is not None and r4 is not None
+    assert (r0.version, r0.access_token_ct, r0.scopes, r0.token_extra) == (2, b"at-0", ("read", "s0"), {"n": 0})
+    assert (r4.version, r4.refresh_token_ct, r4.refresh_due_at, r4.lease_owner) == (2, b"rt-4", NOW + 3004, None)
+    assert recs[ids[1]].version == 2 and recs[ids[1]].access_token_ct == b"\x01access"  # type: ignore[union-attr]
+    assert recs[ids[2]].status == "invalid" and recs[ids[2]].version == 1  # type: ignore[union-attr]
+    assert recs[ids[3]].lease_owner == "other" and recs[ids[3]].version == 1  # type: ignore[union-attr]
+    refreshed = sorted(
+        (e["grant_id"], e["at"], e["actor"], e["detail"], e["integration_id"])
+        for e in events
+        if e["action"] == "grant.refreshed"
+    )
+    assert refreshed == sorted(
+        (g, NOW + i, "system", {"trigger": "proactive", "rotated": True}, recs[g].integration_id)  # type: ignore[union-attr]
+        for i, g in ((0, ids[0]), (4, ids[4]))
+    )
+    # the detail is stored as the SQLAlchemy JSON type writes it (the audit chain hashes it)
+    async with reading(engine) as conn:
+        raw = (
+            await conn.execute(
+                select(sa.cast(t.audit_events.c.detail, sa.Text)).where(t.audit_events.c.grant_id == ids[0])
+            )
+        ).scalar_one()
+    assert raw == '{"trigger": "proactive", "rotated": true}'
+    with pytest.raises(ValueError, match="same columns"):
+        await pg.write_many("me", [(ids[0], 2, _values(0), NOW, False), (ids[4], 2, {"retry_at": None}, NOW, False)])

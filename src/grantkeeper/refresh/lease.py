@@ -50,6 +50,7 @@ __all__ = [
     "db_now",
     "fail",
     "mark_invalid",
+    "pg_array_type",
     "release",
     "release_claimed",
     "renew",
@@ -349,7 +350,7 @@ async def release_claimed(
 
 
 #: PostgreSQL array types for ``write_tokens_many``'s unnest, by SQLAlchemy column type
-def _pg_array_type(column: str) -> str:
+def pg_array_type(column: str) -> str:
     t = grants.c[column].type
     if isinstance(t, LargeBinary):
         return "bytea"
@@ -408,7 +409,7 @@ async def write_tokens_many(
     for i, c in enumerate(cols):
         is_json = isinstance(grants.c[c].type, JSON)
         params[f"c{i}"] = [json.dumps(v[c]) if is_json else v[c] for _, _, v in rows]
-        args.append(f"CAST(:c{i} AS {_pg_array_type(c)}[])")
+        args.append(f"CAST(:c{i} AS {pg_array_type(c)}[])")
         names.append(f"c{i}")
         sets.append(f"{c} = v.c{i}::json" if is_json else f"{c} = v.c{i}")
     # column names come from the table definition (grants.c[c] above), values are bound

@@ -41,6 +41,7 @@ from grantkeeper.oauth.tokens import OAuthErrorResponse, TokenSet, token_request
 from grantkeeper.providers.catalog import MINTING_MODES
 from grantkeeper.providers.quirks import apply_refresh_request, apply_token_response
 from grantkeeper.refresh import engine, lease
+from grantkeeper.refresh.pgbatch import PG_ERRORS, PgBatch
 from grantkeeper.refresh.slots import ProviderSlots
 from grantkeeper.runtime import Runtime
 from grantkeeper.store import audit as audit_store
@@ -73,9 +74,11 @@ class _GroupCommit(Generic[_T]):
     item is written at once, under load the items that arrived during the previous round
     trip go together. ``_flush`` returns the ids it did, or None when the database failed."""
 
-    def __init__(self, rt: Runtime, owner: str) -> None:
+    def __init__(self, rt: Runtime, owner: str, pg: PgBatch | None) -> None:
         self._rt = rt
         self._owner = owner
+        #: PostgreSQL: the prepared batch statements on dedicated connections
+        self._pg = pg
         self._queue: list[tuple[_T, str, asyncio.Future[bool | None]]] = []
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
@@ -117,15 +120,14 @@ class _Renewer(_GroupCommit[GrantRecord]):
         return await self._submit(rec, rec.id)
 
     async def _flush(self, batch: list[GrantRecord]) -> set[str] | None:
+        rows = [(r.id, r.version) for r in batch]
+        seconds = engine.lease_budget(self._rt)
         try:
+            if self._pg is not None:
+                return await self._pg.renew_many(self._owner, seconds, rows)
             async with self._rt.engine.begin() as conn:
-                return await lease.renew_many(
-                    conn,
-                    self._owner,
-                    engine.lease_budget(self._rt),
-                    [(r.id, r.version) for r in batch],
-                )
-        except DB_ERRORS as exc:
+                return await lease.renew_many(conn, self._owner, seconds, rows)
+        except (*DB_ERRORS, *PG_ERRORS) as exc:
             log.warning("batched lease renewal failed (%s)", type(exc).__name__)
             return None
 
@@ -144,8 +146,17 @@ class _Writer(_GroupCommit[_Done]):
         for d in batch:
             groups.setdefault(tuple(sorted(d.values)), []).append(d)
         try:
-            async with self._rt.engine.begin() as conn:
+            if self._pg is not None:
+                # each group is one statement: the fenced write and its audit rows
                 written: set[str] = set()
+                for rows in groups.values():
+                    written |= await self._pg.write_many(
+                        self._owner,
+                        [(d.rec.id, d.rec.version, d.values, d.now, d.rotated) for d in rows],
+                    )
+                return written
+            async with self._rt.engine.begin() as conn:
+                written = set()
                 for rows in groups.values():
                     written |= await lease.write_tokens_many(
                         conn, self._owner, [(d.rec.id, d.rec.version, d.values) for d in rows]
@@ -167,7 +178,7 @@ class _Writer(_GroupCommit[_Done]):
                     ],
                 )
             return written
-        except DB_ERRORS as exc:
+        except (*DB_ERRORS, *PG_ERRORS) as exc:
             log.warning("batched refresh write failed (%s); writing one by one", type(exc).__name__)
             return set()
 
@@ -192,14 +203,17 @@ class _Pipeline:
             seconds=max(30.0, 3 * s.http_timeout),
             call_budget=s.http_timeout + 1.0,
         )
-        self.writer = _Writer(rt, owner)
-        self.renewer = _Renewer(rt, owner)
+        self.pg = PgBatch.for_engine(rt.engine) if rt.engine.dialect.name == "postgresql" else None
+        self.writer = _Writer(rt, owner, self.pg)
+        self.renewer = _Renewer(rt, owner, self.pg)
         self.calls = asyncio.Semaphore(s.worker_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
 
     async def claim(self, limit: int) -> list[GrantRecord]:
         now = self.rt.clock.now()
+        if self.pg is not None:
+            return await self.pg.claim(self.owner, now, self.budget, limit)
         async with self.rt.engine.begin() as conn:
             return await lease.claim_due_records(conn, self.owner, now, self.budget, limit)
 
@@ -484,3 +498,5 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
         await p.writer.close()
         await p.renewer.close()
         await p.slots.close()
+        if p.pg is not None:
+            await p.pg.close()
