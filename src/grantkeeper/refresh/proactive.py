@@ -119,6 +119,10 @@ class _Renewer(_GroupCommit[GrantRecord]):
         ``active`` or moved past ``rec.version``; None when the database did not answer."""
         return await self._submit(rec, rec.id)
 
+    async def renew_now(self, recs: list[GrantRecord]) -> set[str] | None:
+        """Renew these at once (no queue): the ids renewed, None if the database failed."""
+        return await self._flush(recs)
+
     async def _flush(self, batch: list[GrantRecord]) -> set[str] | None:
         rows = [(r.id, r.version) for r in batch]
         seconds = engine.lease_budget(self._rt)
@@ -130,6 +134,52 @@ class _Renewer(_GroupCommit[GrantRecord]):
         except (*DB_ERRORS, *PG_ERRORS) as exc:
             log.warning("batched lease renewal failed (%s)", type(exc).__name__)
             return None
+
+
+class _Keeper:
+    """Keeps the leases of the grants at a provider or waiting for their write renewed
+    (``engine.keep_leased``'s cadence: every third of a lease term), with one batched,
+    fenced renewal of all of them per tick instead of a timer task per grant. A grant
+    registered just after a tick is renewed one interval after it was renewed before its
+    call, as the per-grant heartbeat did; one whose renewal is refused (another owner, or
+    a newer generation stored: the write came first) is dropped, never re-taken."""
+
+    def __init__(self, renewer: _Renewer, interval: float) -> None:
+        self._renewer = renewer
+        self._interval = interval
+        self._held: dict[str, GrantRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, rec: GrantRecord) -> None:
+        self._held[rec.id] = rec
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def let_go(self, rec: GrantRecord) -> None:
+        if self._held.get(rec.id) is rec:
+            del self._held[rec.id]
+
+    async def _run(self) -> None:
+        while self._held:
+            await asyncio.sleep(self._interval)
+            recs = list(self._held.values())
+            for i in range(0, len(recs), WRITE_BATCH):
+                chunk = recs[i : i + WRITE_BATCH]
+                ours = await self._renewer.renew_now(chunk)
+                if ours is None:
+                    continue  # the database did not answer: the write will tell
+                for rec in chunk:
+                    if rec.id not in ours and self._held.get(rec.id) is rec:
+                        log.warning(
+                            "grant %s: the refresh lease is no longer ours to renew", rec.id
+                        )
+                        del self._held[rec.id]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class _Writer(_GroupCommit[_Done]):
@@ -206,6 +256,7 @@ class _Pipeline:
         self.pg = PgBatch.for_engine(rt.engine) if rt.engine.dialect.name == "postgresql" else None
         self.writer = _Writer(rt, owner, self.pg)
         self.renewer = _Renewer(rt, owner, self.pg)
+        self.keeper = _Keeper(self.renewer, max(0.5, self.budget / 3))
         self.calls = asyncio.Semaphore(s.worker_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
@@ -320,18 +371,18 @@ class _Pipeline:
                         progress.unknown = True
                         # kept leased until the new generation is stored: an answer or a
                         # batched write may take longer than one lease term
-                        heartbeat = asyncio.ensure_future(engine.keep_leased(rt, rec, self.owner))
+                        self.keeper.hold(rec)
                         try:
                             # the slot covers the provider call only, not the write
                             fetched = await self.fetch(rec, integ, res, progress)
                         except BaseException:
-                            heartbeat.cancel()
+                            self.keeper.let_go(rec)
                             raise
                     try:
                         if fetched is not None:
                             await self.store(rec, integ, res, fetched, progress)
                     finally:
-                        heartbeat.cancel()
+                        self.keeper.let_go(rec)
                 except RefreshBusy:
                     if not started:
                         await self.give_back(rec)  # no slot in time: due again at once
@@ -496,6 +547,7 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
         if p.tasks:
             await asyncio.gather(*list(p.tasks), return_exceptions=True)
         await p.writer.close()
+        await p.keeper.close()
         await p.renewer.close()
         await p.slots.close()
         if p.pg is not None:
