@@ -299,3 +299,104 @@ async def test_a_slow_batched_write_keeps_the_lease(
         stop.set()
         await pipeline
     await _assert_alive(v, oidc, v.grant.version + 1)
+
+
+def _count_renewals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The grant ids of every batched lease renewal the pipeline sends (before the call or
+    from the keeper)."""
+    renewed: list[str] = []
+    flush = proactive._Renewer._flush
+
+    async def counting(self: Any, batch: list[GrantRecord]) -> Any:
+        renewed.extend(r.id for r in batch)
+        return await flush(self, batch)
+
+    monkeypatch.setattr(proactive._Renewer, "_flush", counting)
+    return renewed
+
+
+async def _refreshed_by_the_worker(v: Vault, version: int) -> None:
+    """Make the grant due and wait until the worker stored ``version``."""
+    await _set(v.worker, v.grant.id, refresh_due_at=time.time() - 1)
+
+    async def stored() -> bool:
+        rec = await _get(v.api, v.grant.id)
+        return rec.version == version and rec.lease_owner is None
+
+    await _until(f"the worker stored generation {version}", stored)
+
+
+async def test_a_young_claim_with_a_free_slot_goes_to_the_provider_without_a_renewal(
+    vault: Vault, oidc: OidcServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker holds a free slot of the provider host (from its first refresh) and claims
+    the grant again: its claim is seconds old, so its lease cannot have run out and the
+    renewal round trip is skipped; nothing is presented twice."""
+    v = vault
+    renewed = _count_renewals(monkeypatch)
+    stop = asyncio.Event()
+    pipeline = asyncio.ensure_future(proactive.run_proactive(v.worker, stop))
+    try:
+        # no slot held yet: the grant waits for the slot's acquisition, so it renews
+        await _refreshed_by_the_worker(v, v.grant.version + 1)
+        assert renewed == [v.grant.id]
+        await _refreshed_by_the_worker(v, v.grant.version + 2)
+        assert renewed == [v.grant.id]  # the second claim went straight to the provider
+    finally:
+        stop.set()
+        await pipeline
+    await _assert_alive(v, oidc, v.grant.version + 2)
+
+
+async def test_an_old_claim_renews_even_with_a_free_slot(
+    vault: Vault, oidc: OidcServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot is free, but the claim is older than the window (the clock moved on between
+    the claim and the call), its lease ran out, and the API process refreshed the grant
+    meanwhile: the worker renews, fenced on the generation, and gives the grant up."""
+    v = vault
+    gid = v.grant.id
+    renewed = _count_renewals(monkeypatch)
+    offset = [0.0]
+    real = time.monotonic
+
+    class _Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return real() + offset[0]
+
+    monkeypatch.setattr(proactive, "time", _Clock)
+    armed, hooked = asyncio.Event(), asyncio.Event()
+    read = proactive._Pipeline.integrations
+
+    async def then_time_passes(self: Any, recs: list[GrantRecord]) -> Any:
+        out = await read(self, recs)
+        if armed.is_set() and any(r.id == gid for r in recs):
+            armed.clear()
+            offset[0] += 1000.0  # the claim is now long past the window
+            await _set(v.worker, gid, lease_until=0.0)  # and its lease ran out
+            other = await engine.refresh(
+                v.api, v.grant.environment_id, gid, seen_version=v.grant.version + 1, trigger="on_demand"
+            )
+            assert other.version == v.grant.version + 2
+            hooked.set()
+        return out
+
+    monkeypatch.setattr(proactive._Pipeline, "integrations", then_time_passes)
+    stop = asyncio.Event()
+    pipeline = asyncio.ensure_future(proactive.run_proactive(v.worker, stop))
+    try:
+        await _refreshed_by_the_worker(v, v.grant.version + 1)  # the worker now holds a slot
+        armed.set()
+        await _set(v.worker, gid, refresh_due_at=time.time() - 1)
+        await asyncio.wait_for(hooked.wait(), 15)
+
+        async def worker_done() -> bool:
+            return f"proactive:{gid}" not in v.worker.inflight
+
+        await _until("the worker finished with the grant", worker_done)
+        assert renewed.count(gid) == 2  # the first claim's, and the old claim's (refused)
+    finally:
+        stop.set()
+        await pipeline
+    await _assert_alive(v, oidc, v.grant.version + 2)

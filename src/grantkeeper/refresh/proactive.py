@@ -246,6 +246,10 @@ class _Pipeline:
         self.budget = engine.lease_budget(rt)
         #: the time a call and every persist retry need from its start
         self.call_budget = s.http_timeout + sum(engine.PERSIST_DELAYS) + 2.0
+        #: a claim this young whose grant did not wait for a slot or a call goes to the
+        #: provider without a renewal: its lease still has the call's whole budget (and
+        #: two thirds of a term for the keeper's first renewal)
+        self.fresh_for = min(self.budget - self.call_budget, self.budget / 3)
         self.slots = ProviderSlots(
             rt.engine,
             owner,
@@ -283,8 +287,10 @@ class _Pipeline:
         rec: GrantRecord,
         integ: IntegrationRecord | None,
         resolved: dict[tuple[str, str], ResolvedIntegration | None],
+        claimed: float,
     ) -> None:
-        claimed = time.monotonic()
+        """``claimed``: the monotonic time just before the claim statement was sent (the
+        lease runs at least ``budget`` seconds from then)."""
         task = asyncio.ensure_future(self.one(rec, integ, resolved, claimed))
         self.tasks.add(task)
         # shutdown's drain waits for these like for any refresh in flight (a distinct key:
@@ -351,16 +357,23 @@ class _Pipeline:
             wait = self.budget - self.call_budget - (time.monotonic() - claimed)
             progress = engine.Progress()
             try:
+                host = _host(res.token_url)
+                # entering takes no wait (no await) when a call and a slot are free now
+                queued = self.calls.locked() or not self.slots.ready(host)
                 try:
-                    async with self.calls, self.slots.slot(_host(res.token_url), max(wait, 0.0)):
+                    async with self.calls, self.slots.slot(host, max(wait, 0.0)):
                         if rt.draining:
                             await self.give_back(rec)
                             return
                         # the claim's lease may have run out while this grant waited for
                         # a slot on a loaded machine: another process may be presenting this
                         # refresh token right now, or may have spent it and stored the next
-                        # generation already; the renewal is fenced on both
-                        if await self.renewer.renew(rec) is False:
+                        # generation already; the renewal is fenced on both. Only a claim
+                        # that never waited and is young enough (in time measured from before
+                        # the claim was sent) skips it: its lease cannot have run out, so
+                        # nobody else can have taken the grant
+                        fresh = not queued and time.monotonic() - claimed <= self.fresh_for
+                        if not fresh and await self.renewer.renew(rec) is False:
                             log.info(
                                 "grant %s: the claim ran out and another process has the "
                                 "grant or refreshed it; giving it up",
@@ -519,6 +532,7 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
                     await asyncio.wait_for(p.room.wait(), timeout=s.worker_interval)
                 continue
             claimed: list[GrantRecord] = []
+            sent = time.monotonic()
             try:
                 claimed = await p.claim(room)
                 integs = await p.integrations(claimed) if claimed else {}
@@ -530,7 +544,7 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
                     claimed = []
             resolved: dict[tuple[str, str], ResolvedIntegration | None] = {}
             for rec in claimed:
-                p.start(rec, integs.get((rec.environment_id, rec.integration_id)), resolved)
+                p.start(rec, integs.get((rec.environment_id, rec.integration_id)), resolved, sent)
             if time.monotonic() - last_lag > 1.0:
                 last_lag = time.monotonic()
                 with contextlib.suppress(*DB_ERRORS):

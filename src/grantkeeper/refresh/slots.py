@@ -135,6 +135,11 @@ class ProviderSlots:
     def _usable(self, p: _Provider, slot: int) -> bool:
         return p.held.get(slot, 0.0) - time.monotonic() > self._budget
 
+    def ready(self, name: str) -> bool:
+        """Whether ``slot(name, ...)`` would be entered now, without waiting."""
+        p = self._providers.get(name)
+        return p is not None and any(self._usable(p, s) for s in p.free)
+
     def _take(self, p: _Provider) -> int | None:
         while p.free:
             slot = p.free.pop()
