@@ -14,11 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.contract.test_store_contract import (
     NOW,
     add_grant,
+    integration_values,
 )
 
 from grantkeeper.refresh import lease, slots
 from grantkeeper.refresh.pgbatch import PgBatch
-from grantkeeper.store import audit, grants
+from grantkeeper.store import audit, grants, integrations
 from grantkeeper.store import tables as t
 from grantkeeper.store.db import reading
 
@@ -369,3 +370,33 @@ async def test_pgbatch_write_many_fences_each_grant_and_audits_what_it_wrote(
     assert raw == '{"trigger": "proactive", "rotated": true}'
     with pytest.raises(ValueError, match="same columns"):
         await pg.write_many("me", [(ids[0], 2, _values(0), NOW, False), (ids[4], 2, {"retry_at": None}, NOW, False)])
+
+
+async def test_pgbatch_integrations_read_as_the_store_reads_them(
+    engine: AsyncEngine, envs: tuple[str, str], pg: PgBatch
+) -> None:
+    a, b = envs
+    async with engine.begin() as conn:
+        await integrations.upsert(conn, a, "acme", integration_values(), NOW)
+        await integrations.upsert(
+            conn,
+            a,
+            "beta",
+            integration_values(
+                client_id="c2",
+                scopes=["read", "write"],
+                authorization_params={"prompt": "consent"},
+                settings={"x": "y"},
+                endpoints=None,
+            ),
+            NOW,
+        )
+        await integrations.upsert(conn, b, "acme", integration_values(client_id="other-env"), NOW)
+    keys = [(a, "acme"), (a, "beta"), (b, "acme"), (a, "missing"), (b, "beta")]
+    got = await pg.integrations(keys)
+    assert sorted(got) == sorted(keys[:3])
+    async with reading(engine) as conn:
+        for env, iid in keys[:3]:
+            assert got[(env, iid)] == await integrations.get(conn, env, iid)
+    assert got[(a, "beta")].scopes == ("read", "write")
+    assert await pg.integrations([]) == {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -35,9 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from grantkeeper.errors import StoreUnavailable
 from grantkeeper.refresh.lease import pg_array_type
+from grantkeeper.store._rows import to_record
 from grantkeeper.store.pgconns import PgConns
-from grantkeeper.store.records import GrantRecord
-from grantkeeper.store.tables import grants
+from grantkeeper.store.records import GrantRecord, IntegrationRecord
+from grantkeeper.store.tables import grants, integrations
 
 __all__ = ["PG_ERRORS", "PgBatch"]
 
@@ -77,6 +78,12 @@ _RENEW = (
     "WHERE g.id = v.id AND g.version = v.version AND g.status = 'active' "
     f"AND {_FREE_OR_OURS} RETURNING g.id"
 )
+_INTEG_COLS = tuple(c.name for c in integrations.c)
+_INTEG_JSON = frozenset(c.name for c in integrations.c if isinstance(c.type, JSON))
+_INTEGRATIONS = (
+    f"SELECT {', '.join(_INTEG_COLS)} FROM integrations "  # noqa: S608
+    "WHERE (environment_id, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+)
 #: ``grant.refreshed``'s detail, serialised like the SQLAlchemy JSON type does (json.dumps)
 _DETAIL = {
     rotated: json.dumps({"trigger": "proactive", "rotated": rotated}) for rotated in (False, True)
@@ -115,6 +122,16 @@ def _record(row: asyncpg.Record) -> GrantRecord:
     v[_SCOPES] = tuple(scopes) if isinstance(scopes, list) else ()
     v[_EXTRA] = orjson.loads(v[_EXTRA]) if v[_EXTRA] is not None else {}
     return GrantRecord(*v)
+
+
+def _integration(row: asyncpg.Record) -> IntegrationRecord:
+    """As ``store.integrations.get`` reads it (JSON columns decoded as the SQLAlchemy type
+    does, lists as tuples where the record wants them)."""
+    values = {
+        c: (json.loads(v) if c in _INTEG_JSON and v is not None else v)
+        for c, v in zip(_INTEG_COLS, row, strict=True)
+    }
+    return to_record(IntegrationRecord, cast(Any, values))
 
 
 class PgBatch:
@@ -187,3 +204,18 @@ class PgBatch:
                 args.append([r[2][c] for r in rows])
         got = await self.conns.run(lambda c: c.fetch(sql, *args), retry=False)
         return {r[0] for r in got}
+
+    async def integrations(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], IntegrationRecord]:
+        """The integrations of ``[(environment_id, integration_id)]`` that exist, in one read."""
+        if not keys:
+            return {}
+        envs = [e for e, _ in keys]
+        ids = [i for _, i in keys]
+        rows = await self.conns.run(lambda c: c.fetch(_INTEGRATIONS, envs, ids), retry=True)
+        out = {}
+        for row in rows:
+            rec = _integration(row)
+            out[(rec.environment_id, rec.id)] = rec
+        return out

@@ -87,7 +87,9 @@ class _GroupCommit(Generic[_T]):
         fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, key, fut))
         self._wake.set()
-        return await asyncio.shield(fut)
+        # a caller cancelled meanwhile cancels only its own future: its item is still
+        # written, and the answer is dropped
+        return await fut
 
     async def _run(self) -> None:
         while True:
@@ -264,6 +266,26 @@ class _Pipeline:
         self.calls = asyncio.Semaphore(s.worker_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
+        self._observed: dict[str, Any] = {}
+        self._succeeded: dict[str, Any] = {}
+        #: grants in flight at or below which the next batch is claimed
+        self.low = s.worker_batch - s.worker_batch // 2
+
+    def observed(self, provider: str) -> Any:
+        """``refresh_seconds``'s child for ``provider`` (looked up once, not per refresh)."""
+        child = self._observed.get(provider)
+        if child is None:
+            child = self._observed[provider] = self.rt.metrics.refresh_seconds.labels(provider)
+        return child
+
+    def succeeded(self, provider: str) -> Any:
+        """``refreshes``'s proactive success child for ``provider``."""
+        child = self._succeeded.get(provider)
+        if child is None:
+            child = self._succeeded[provider] = self.rt.metrics.refreshes.labels(
+                provider, "success", "proactive"
+            )
+        return child
 
     async def claim(self, limit: int) -> list[GrantRecord]:
         now = self.rt.clock.now()
@@ -277,6 +299,9 @@ class _Pipeline:
     ) -> dict[tuple[str, str], IntegrationRecord | None]:
         keys = {(r.environment_id, r.integration_id) for r in recs}
         out: dict[tuple[str, str], IntegrationRecord | None] = {}
+        if self.pg is not None:
+            found = await self.pg.integrations(sorted(keys))
+            return {k: found.get(k) for k in keys}
         async with reading(self.rt.engine) as conn:
             for env, iid in keys:
                 out[(env, iid)] = await integration_store.get(conn, env, iid)
@@ -302,7 +327,8 @@ class _Pipeline:
             self.tasks.discard(t)
             if self.rt.inflight.get(key) is t:
                 del self.rt.inflight[key]
-            self.room.set()
+            if len(self.tasks) <= self.low:
+                self.room.set()  # room for the next claim (not a wake-up per refresh)
 
         task.add_done_callback(_done)
 
@@ -450,7 +476,7 @@ class _Pipeline:
                     normalise=lambda body: apply_token_response(spec, body),
                 )
             finally:
-                metrics.refresh_seconds.labels(spec.name).observe(time.monotonic() - started)
+                self.observed(spec.name).observe(time.monotonic() - started)
 
         try:
             try:
@@ -489,7 +515,7 @@ class _Pipeline:
             metrics.refreshes.labels(spec.name, "rejected", "proactive").inc()
             await engine.record_failure(rt, rec, owner, exc.error, exc.description, None)
             raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
-        metrics.refreshes.labels(spec.name, "success", "proactive").inc()
+        self.succeeded(spec.name).inc()
         return tokens, refresh_token
 
     async def store(
@@ -525,7 +551,7 @@ async def run_proactive(rt: Runtime, stop: asyncio.Event) -> None:
     try:
         while not stop.is_set() and not rt.draining:
             room = s.worker_batch - len(p.tasks)
-            if room < s.worker_batch // 2:
+            if len(p.tasks) > p.low:
                 # keep the pipeline full but claim in batches, not one by one
                 p.room.clear()
                 with contextlib.suppress(TimeoutError):

@@ -104,6 +104,11 @@ async def release(conn: AsyncConnection, provider: str, owner: str, slots: Seque
         )
 
 
+def _time_out(fut: asyncio.Future[int]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class _Provider:
     __slots__ = ("acquirer", "busy", "free", "held", "queue")
 
@@ -193,12 +198,14 @@ class ProviderSlots:
             p.queue.append(fut)
             if p.acquirer is None or p.acquirer.done():
                 p.acquirer = asyncio.ensure_future(self._acquire_loop(name, p))
+            # one timer, no wrapper task per waiter (under load most calls wait a moment)
+            timer = asyncio.get_running_loop().call_later(wait, _time_out, fut)
             try:
-                slot = await asyncio.wait_for(asyncio.shield(fut), timeout=wait)
+                slot = await fut
             except (TimeoutError, asyncio.CancelledError):
                 with contextlib.suppress(ValueError):
                     p.queue.remove(fut)
-                if fut.done() and not fut.cancelled():
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
                     # handed a slot just as we gave up: pass it on
                     p.busy.discard(fut.result())
                     self._offer(p, fut.result())
@@ -207,6 +214,8 @@ class ProviderSlots:
                 if not isinstance(sys.exc_info()[1], asyncio.CancelledError):
                     raise RefreshBusy(f"no refresh slot for {name} is free") from None
                 raise
+            finally:
+                timer.cancel()
         try:
             yield slot
         finally:
