@@ -250,8 +250,8 @@ class _Pipeline:
         self.call_budget = s.http_timeout + sum(engine.PERSIST_DELAYS) + 2.0
         #: a claim this young whose grant did not wait for a slot or a call goes to the
         #: provider without a renewal: its lease still has the call's whole budget (and
-        #: two thirds of a term for the keeper's first renewal)
-        self.fresh_for = min(self.budget - self.call_budget, self.budget / 3)
+        #: two thirds of a term for the keeper's first renewal); the on-demand path's rule
+        self.fresh_for = engine.fresh_claim_seconds(rt)
         self.slots = ProviderSlots(
             rt.engine,
             owner,
