@@ -384,10 +384,8 @@ class _Pipeline:
             progress = engine.Progress()
             try:
                 host = _host(res.token_url)
-                # entering takes no wait (no await) when a call and a slot are free now
-                queued = self.calls.locked() or not self.slots.ready(host)
                 try:
-                    async with self.calls, self.slots.slot(host, max(wait, 0.0)):
+                    async with self.calls, self.slots.slot(host, max(wait, 0.0)) as held:
                         if rt.draining:
                             await self.give_back(rec)
                             return
@@ -395,10 +393,13 @@ class _Pipeline:
                         # a slot on a loaded machine: another process may be presenting this
                         # refresh token right now, or may have spent it and stored the next
                         # generation already; the renewal is fenced on both. Only a claim
-                        # that never waited and is young enough (in time measured from before
-                        # the claim was sent) skips it: its lease cannot have run out, so
-                        # nobody else can have taken the grant
-                        fresh = not queued and time.monotonic() - claimed <= self.fresh_for
+                        # young enough (in time measured from before the claim was sent)
+                        # skips it: its lease cannot have run out, so nobody else can have
+                        # taken the grant. A grant whose slot had to be taken from the
+                        # database (other processes may have held every one) renews anyway
+                        fresh = (
+                            not held.from_database and time.monotonic() - claimed <= self.fresh_for
+                        )
                         if not fresh and await self.renewer.renew(rec) is False:
                             log.info(
                                 "grant %s: the claim ran out and another process has the "

@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,7 +29,7 @@ from grantkeeper.refresh.lease import db_now
 from grantkeeper.store.tables import refresh_slots
 from grantkeeper.store.unavailable import DB_ERRORS
 
-__all__ = ["ProviderSlots", "acquire", "release", "renew"]
+__all__ = ["Held", "ProviderSlots", "acquire", "release", "renew"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,15 @@ async def release(conn: AsyncConnection, provider: str, owner: str, slots: Seque
         )
 
 
-def _time_out(fut: asyncio.Future[int]) -> None:
+class Held(NamedTuple):
+    """A slot held for one call, and whether it was taken from the database while the caller waited
+    (other processes may have held every slot meanwhile)."""
+
+    number: int
+    from_database: bool
+
+
+def _time_out(fut: asyncio.Future[Held]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
 
@@ -118,7 +127,7 @@ class _Provider:
         self.free: list[int] = []
         self.busy: set[int] = set()
         #: callers waiting for a slot, first come first served
-        self.queue: collections.deque[asyncio.Future[int]] = collections.deque()
+        self.queue: collections.deque[asyncio.Future[Held]] = collections.deque()
         self.acquirer: asyncio.Task[None] | None = None
 
 
@@ -140,11 +149,6 @@ class ProviderSlots:
     def _usable(self, p: _Provider, slot: int) -> bool:
         return p.held.get(slot, 0.0) - time.monotonic() > self._budget
 
-    def ready(self, name: str) -> bool:
-        """Whether ``slot(name, ...)`` would be entered now, without waiting."""
-        p = self._providers.get(name)
-        return p is not None and any(self._usable(p, s) for s in p.free)
-
     def _take(self, p: _Provider) -> int | None:
         while p.free:
             slot = p.free.pop()
@@ -153,14 +157,14 @@ class ProviderSlots:
             # too close to its lease's end: only a renewal makes it usable again
         return None
 
-    def _offer(self, p: _Provider, slot: int) -> None:
+    def _offer(self, p: _Provider, slot: int, from_database: bool = False) -> None:
         """A slot became free: hand it to the first waiter, or keep it."""
         if self._usable(p, slot):
             while p.queue:
                 fut = p.queue.popleft()
                 if not fut.done():
                     p.busy.add(slot)
-                    fut.set_result(slot)
+                    fut.set_result(Held(slot, from_database))
                     return
         p.free.append(slot)
 
@@ -180,35 +184,36 @@ class ProviderSlots:
                     log.warning("refresh slots for %s: %s", name, type(exc).__name__)
                 for slot in got:
                     p.held[slot] = sent + self._seconds
-                    self._offer(p, slot)
+                    self._offer(p, slot, from_database=True)
                 if got and (self._renewer is None or self._renewer.done()):
                     self._renewer = asyncio.ensure_future(self._renew_loop())
             if p.queue and not got:
                 await asyncio.sleep(0.1)
 
     @contextlib.asynccontextmanager
-    async def slot(self, name: str, wait: float) -> AsyncIterator[int]:
+    async def slot(self, name: str, wait: float) -> AsyncIterator[Held]:
         """Hold one of ``name``'s slots for a call; ``RefreshBusy`` after ``wait`` seconds."""
         p = self._providers.setdefault(name, _Provider())
-        slot = self._take(p)
-        if slot is not None:
-            p.busy.add(slot)
+        number = self._take(p)
+        if number is not None:
+            p.busy.add(number)
+            held = Held(number, False)
         else:
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[Held] = asyncio.get_running_loop().create_future()
             p.queue.append(fut)
             if p.acquirer is None or p.acquirer.done():
                 p.acquirer = asyncio.ensure_future(self._acquire_loop(name, p))
             # one timer, no wrapper task per waiter (under load most calls wait a moment)
             timer = asyncio.get_running_loop().call_later(wait, _time_out, fut)
             try:
-                slot = await fut
+                held = await fut
             except (TimeoutError, asyncio.CancelledError):
                 with contextlib.suppress(ValueError):
                     p.queue.remove(fut)
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     # handed a slot just as we gave up: pass it on
-                    p.busy.discard(fut.result())
-                    self._offer(p, fut.result())
+                    p.busy.discard(fut.result().number)
+                    self._offer(p, fut.result().number)
                 else:
                     fut.cancel()
                 if not isinstance(sys.exc_info()[1], asyncio.CancelledError):
@@ -217,11 +222,11 @@ class ProviderSlots:
             finally:
                 timer.cancel()
         try:
-            yield slot
+            yield held
         finally:
-            p.busy.discard(slot)
-            if slot in p.held:
-                self._offer(p, slot)
+            p.busy.discard(held.number)
+            if held.number in p.held:
+                self._offer(p, held.number)
 
     async def _renew_loop(self) -> None:
         while any(p.held for p in self._providers.values()):
