@@ -400,3 +400,32 @@ async def test_an_old_claim_renews_even_with_a_free_slot(
         stop.set()
         await pipeline
     await _assert_alive(v, oidc, v.grant.version + 2)
+
+
+async def test_an_unexpected_error_in_a_batched_write_never_leaves_the_refresh_hanging(
+    vault: Vault, oidc: OidcServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch statement that fails with something other than a database error (a bug, a
+    value the driver refuses) must not stop the group commit: its waiters take the engine's
+    persist path, and the next batches are written as usual."""
+    v = vault
+    flush = proactive._Writer._flush
+    failed: list[int] = []
+
+    async def broken_once(self: Any, batch: Any) -> Any:
+        if not failed:
+            failed.append(len(batch))
+            raise RuntimeError("unexpected")
+        return await flush(self, batch)
+
+    monkeypatch.setattr(proactive._Writer, "_flush", broken_once)
+    stop = asyncio.Event()
+    pipeline = asyncio.ensure_future(proactive.run_proactive(v.worker, stop))
+    try:
+        await _refreshed_by_the_worker(v, v.grant.version + 1)  # through the engine's persist
+        assert failed == [1]
+        await _refreshed_by_the_worker(v, v.grant.version + 2)  # the writer still writes
+    finally:
+        stop.set()
+        await asyncio.wait_for(pipeline, 30)
+    await _assert_alive(v, oidc, v.grant.version + 2)

@@ -12,6 +12,15 @@
    (``lease.write_tokens_many``: fenced per grant on version, status and our lease; one
    ``grant.refreshed`` audit row per refresh, in the same transaction).
 
+Leases between claim and write: right before its call a grant's lease is renewed, fenced on
+its generation, by the group-committing ``_Renewer`` (one statement for all the grants
+starting their calls), unless its claim is younger than ``engine.fresh_claim_seconds``
+(timed from before the claim was sent: its lease cannot have run out) and its provider slot
+was not taken from the database while it waited. While calls and writes are in flight one
+``_Keeper`` renews all their leases in one statement every third of a lease term. On
+PostgreSQL the claim, the renewals, the integrations read and the write (with its audit
+rows, one statement) are prepared statements on dedicated connections (``refresh.pgbatch``).
+
 Anything off the common path (minting kinds, an integration in backoff, a write whose
 fence did not match, a database error) goes through ``refresh.engine``'s single-grant
 logic with the same lease owner, so the failure handling is the engine's. Correctness
@@ -97,7 +106,11 @@ class _GroupCommit(Generic[_T]):
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
-                done = await self._flush([item for item, _, _ in batch])
+                try:
+                    done = await self._flush([item for item, _, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - never leave the waiters hanging
+                    log.error("batched refresh statement failed: %s", type(exc).__name__)
+                    done = None
                 for _, key, fut in batch:
                     if not fut.done():
                         fut.set_result(None if done is None else key in done)
