@@ -1133,6 +1133,8 @@ def main() -> None:
     for tool in ("wrk",):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             sys.exit(f"{tool} is not installed: apt-get install -y wrk")
+    if plan.profile is not None and not Path(PY).with_name("py-spy").exists():
+        sys.exit("--profile needs py-spy in this environment: .venv/bin/pip install py-spy")
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     results: dict[str, Any] = {}

@@ -158,6 +158,12 @@ def render(r: dict[str, Any]) -> str:
                 if "server_cpu_ms" in st
                 else ""
             )
+            + (
+                f"; provider called at {st['upstream_called_ms']} ms, first answer at "
+                f"{st['min_ms']} ms; load generator CPU {st['client_cpu_ms']} ms"
+                if "upstream_called_ms" in st
+                else ""
+            )
             + f" | one refresh: {_ok(ok)}; p99 < 200 ms: {_ok(st['p99_ms'] < 200)} |"
         )
     for key in ("proactive", "proactive_2w", "proactive_1m"):
