@@ -908,6 +908,8 @@ def bench_proactive(plan: Plan, tmp: Path, results: dict[str, Any]) -> None:
                 "endpoint_cpu_s": round(endpoint_cpu, 1),
                 "worker_cpu_pct": [round(100 * c / wall) for c in cpu],
                 "headroom_s": round(expiry - (v["last"] or expiry), 1),
+                # --max-s ended the measurement before every grant was refreshed
+                "stopped_early": bool(plan.max_s) and left > 0,
                 "progress": progress[:: max(len(progress) // 10, 1)],
             }
             # one worker is the throughput goal; two workers the "zero doubles" one
