@@ -10,33 +10,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from tests.support.gk import new_database, require_postgres
+from tests.support.hotpath import run_on_hotpath
 
-from grantkeeper.config import Settings
-from grantkeeper.store.db import create_engine
 from grantkeeper.store.hotpath import HotPath
-from grantkeeper.store.migrate import upgrade
 from grantkeeper.store.tables import audit_events
 
 
 def _run(tmp_path: Path, scenario):  # type: ignore[no-untyped-def]
-    require_postgres()
-    db = new_database("postgres", tmp_path)
-    try:
-        upgrade(db.url)
-        engine = create_engine(Settings(database_url=db.url, master_keys="t:" + "A" * 43 + "="))
-
-        async def go() -> None:
-            hot = HotPath.for_engine(engine, 2)
-            try:
-                await scenario(hot, engine)
-            finally:
-                await hot.close()
-                await engine.dispose()
-
-        asyncio.run(go())
-    finally:
-        db.drop()
+    run_on_hotpath(tmp_path, lambda hot, engine, _url: scenario(hot, engine))
 
 
 async def _count(engine) -> int:  # type: ignore[no-untyped-def]

@@ -10,35 +10,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tests.support.gk import new_database, require_postgres
+from tests.support.hotpath import run_on_hotpath
 
-from grantkeeper.config import Settings
 from grantkeeper.errors import StoreUnavailable
-from grantkeeper.store.db import create_engine
 from grantkeeper.store.hotpath import HotPath
-from grantkeeper.store.migrate import upgrade
 
 Scenario = Callable[[HotPath, str], Awaitable[None]]
 
 
 def _run(tmp_path: Path, scenario: Scenario, *, size: int = 2, timeout: float = 5.0) -> None:
-    require_postgres()
-    db = new_database("postgres", tmp_path)
-    try:
-        upgrade(db.url)
-        engine = create_engine(Settings(database_url=db.url, master_keys="t:" + "A" * 43 + "="))
-
-        async def go() -> None:
-            hot = HotPath.for_engine(engine, size, timeout)
-            try:
-                await scenario(hot, db.url)
-            finally:
-                await hot.close()
-                await engine.dispose()
-
-        asyncio.run(go())
-    finally:
-        db.drop()
+    run_on_hotpath(tmp_path, lambda hot, _engine, url: scenario(hot, url), size=size, timeout=timeout)
 
 
 async def _admin(url: str) -> asyncpg.Connection:

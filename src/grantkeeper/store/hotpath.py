@@ -72,22 +72,18 @@ _TOKEN_COLS = (
     "g.refresh_token_ct IS NOT NULL", "g.last_refreshed_at", "g.retry_at", "g.failure_code",
     "g.failure_description", "g.failed_at",
 )  # fmt: skip
+#: the key's columns and the grant's, in ``TokenRow``'s order
+_COLUMNS = ", ".join(f"k.{c}" for c in _KEY_COLS) + ", " + ", ".join(_TOKEN_COLS)
 _READ_TOKEN = (
-    "SELECT "  # noqa: S608
-    + ", ".join(f"k.{c}" for c in _KEY_COLS)
-    + ", "
-    + ", ".join(_TOKEN_COLS)
-    + " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
+    f"SELECT {_COLUMNS}"  # noqa: S608
+    " FROM api_keys k LEFT JOIN grants g ON g.id = $2 AND g.environment_id = k.environment_id"
     " WHERE k.id = $1"
 )
 # the "many" form (``store.groupread``): one row per (key id, grant id) pair that has a key,
 # numbered by its position in the arrays
 _READ_TOKEN_MANY = (
-    "SELECT q.n, "  # noqa: S608
-    + ", ".join(f"k.{c}" for c in _KEY_COLS)
-    + ", "
-    + ", ".join(_TOKEN_COLS)
-    + " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kid, gid, n)"
+    f"SELECT q.n, {_COLUMNS}"  # noqa: S608
+    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kid, gid, n)"
     " JOIN api_keys k ON k.id = q.kid"
     " LEFT JOIN grants g ON g.id = q.gid AND g.environment_id = k.environment_id"
 )
