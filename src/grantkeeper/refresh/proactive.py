@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -78,7 +79,7 @@ class _Done:
     now: float
 
 
-class _GroupCommit(Generic[_T]):
+class _GroupCommit(ABC, Generic[_T]):
     """One statement (one transaction) for many waiters, never waiting for a timer: a lone
     item is written at once, under load the items that arrived during the previous round
     trip go together. ``_flush`` returns the ids it did, or None when the database failed."""
@@ -115,8 +116,9 @@ class _GroupCommit(Generic[_T]):
                     if not fut.done():
                         fut.set_result(None if done is None else key in done)
 
+    @abstractmethod
     async def _flush(self, batch: list[_T]) -> set[str] | None:
-        raise NotImplementedError
+        """Write ``batch`` in one statement: the keys done, None if the database failed."""
 
     async def close(self) -> None:
         # called once every waiter has its answer: nothing is queued or being written
@@ -279,26 +281,16 @@ class _Pipeline:
         self.calls = asyncio.Semaphore(s.worker_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
         self.room = asyncio.Event()
-        self._observed: dict[str, Any] = {}
-        self._succeeded: dict[str, Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         #: grants in flight at or below which the next batch is claimed
         self.low = s.worker_batch - s.worker_batch // 2
 
-    def observed(self, provider: str) -> Any:
-        """``refresh_seconds``'s child for ``provider`` (looked up once, not per refresh)."""
-        child = self._observed.get(provider)
-        if child is None:
-            child = self._observed[provider] = self.rt.metrics.refresh_seconds.labels(provider)
-        return child
-
-    def succeeded(self, provider: str) -> Any:
-        """``refreshes``'s proactive success child for ``provider``."""
-        child = self._succeeded.get(provider)
-        if child is None:
-            child = self._succeeded[provider] = self.rt.metrics.refreshes.labels(
-                provider, "success", "proactive"
-            )
-        return child
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set, not per refresh."""
+        found = self._children.get((metric, labels))
+        if found is None:
+            found = self._children[(metric, labels)] = metric.labels(*labels)
+        return found
 
     async def claim(self, limit: int) -> list[GrantRecord]:
         now = self.rt.clock.now()
@@ -490,7 +482,7 @@ class _Pipeline:
                     normalise=lambda body: apply_token_response(spec, body),
                 )
             finally:
-                self.observed(spec.name).observe(time.monotonic() - started)
+                self.child(metrics.refresh_seconds, spec.name).observe(time.monotonic() - started)
 
         try:
             try:
@@ -529,7 +521,7 @@ class _Pipeline:
             metrics.refreshes.labels(spec.name, "rejected", "proactive").inc()
             await engine.record_failure(rt, rec, owner, exc.error, exc.description, None)
             raise ProviderRejected(f"the provider rejected the refresh ({exc.error})") from None
-        self.succeeded(spec.name).inc()
+        self.child(metrics.refreshes, spec.name, "success", "proactive").inc()
         return tokens, refresh_token
 
     async def store(
